@@ -9,11 +9,11 @@ from trainer.optimizers.momentum import Momentum
 OPTIMIZERS = {"gd": GradientDescent, "momentum": Momentum, "adam": Adam}
 
 
-def create(name: str, learning_rate: LearningRate) -> Optimizer:
+def create(name: str, learning_rate: LearningRate, jit_compile: bool = True) -> Optimizer:
     """Returns a new optimizer by its short name (see OPTIMIZERS), with default settings."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](learning_rate=learning_rate)
+    return OPTIMIZERS[name](learning_rate=learning_rate, jit_compile=jit_compile)
 
 
 __all__ = ["Adam", "GradientDescent", "LearningRate", "Momentum", "OPTIMIZERS", "Optimizer",

@@ -25,8 +25,9 @@ class Adam(Optimizer):
     slot_names = ("m", "v")
 
     def __init__(self, learning_rate: LearningRate = 1e-3, beta_1: float = 0.9,
-                 beta_2: float = 0.999, epsilon: float = 1e-7, name: str = "adam"):
-        super().__init__(learning_rate, name)
+                 beta_2: float = 0.999, epsilon: float = 1e-7, name: str = "adam",
+                 jit_compile: bool = True):
+        super().__init__(learning_rate, name, jit_compile)
         for label, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"{name}: {label} must be in [0, 1), got {beta!r}")
@@ -34,10 +35,9 @@ class Adam(Optimizer):
             raise ValueError(f"{name}: epsilon must be positive, got {epsilon!r}")
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
 
-    def update_step(self, grad, var, learning_rate, slots):
+    def update_step(self, grad, var, learning_rate, slots, step):
         m, v = slots
-        # The step being taken, counting from 1.
-        t = tf.cast(self.iterations + 1, tf.float64)
+        t = tf.cast(step, tf.float64)
         correction_1 = tf.cast(1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), t), var.dtype)
         correction_2 = tf.cast(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), t), var.dtype)
         m.assign(self.beta_1 * m + (1.0 - self.beta_1) * grad)

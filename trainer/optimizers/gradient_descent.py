@@ -11,8 +11,9 @@ class GradientDescent(Optimizer):
         opt.apply_gradients([g], [x])
     """
 
-    def __init__(self, learning_rate: LearningRate = 1e-3, name: str = "gradient_descent"):
-        super().__init__(learning_rate, name)
+    def __init__(self, learning_rate: LearningRate = 1e-3, name: str = "gradient_descent",
+                 jit_compile: bool = True):
+        super().__init__(learning_rate, name, jit_compile)
 
-    def update_step(self, grad, var, learning_rate, slots):
+    def update_step(self, grad, var, learning_rate, slots, step):
         var.assign_sub(learning_rate * grad)

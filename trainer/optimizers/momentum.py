@@ -15,13 +15,13 @@ class Momentum(Optimizer):
     slot_names = ("change",)
 
     def __init__(self, learning_rate: LearningRate = 1e-3, momentum: float = 0.7,
-                 name: str = "momentum"):
-        super().__init__(learning_rate, name)
+                 name: str = "momentum", jit_compile: bool = True):
+        super().__init__(learning_rate, name, jit_compile)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"{name}: momentum must be in [0, 1), got {momentum!r}")
         self.momentum = momentum
 
-    def update_step(self, grad, var, learning_rate, slots):
+    def update_step(self, grad, var, learning_rate, slots, step):
         (change,) = slots
         change.assign(learning_rate * grad + self.momentum * change)
         var.assign_sub(change)
