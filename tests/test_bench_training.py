@@ -3,6 +3,8 @@
 import dataclasses
 import itertools
 
+import tensorflow as tf
+
 from trainer import bench_training, distribute
 from trainer.config import TrainConfig
 
@@ -20,10 +22,15 @@ class _Fake:
         return next(self.seconds)
 
 
-def test_median_rates_skips_the_warm_up_run_and_takes_the_median():
-    # The first run (100 s, a warm-up) is left out; rounds take 1, 2 and 4 s.
-    rates = bench_training.median_rates({"a": _Fake(8, [100, 1, 2, 4])}, rounds=3)
-    assert rates == {"a": 4.0}
+def test_measure_skips_the_warm_up_run_and_pairs_rounds_for_ratios():
+    # The first runs (100 s, warm-ups) are left out. Load from elsewhere slows rounds 2 and 3
+    # unevenly; within each round a is at least twice as fast as b.
+    rates = bench_training.measure(
+        {"a": _Fake(60, [100, 6, 30, 10]), "b": _Fake(60, [100, 12, 60, 30])}, rounds=3)
+    assert rates == {"a": [10.0, 2.0, 6.0], "b": [5.0, 1.0, 2.0]}
+    assert rates.median("a") == 6.0
+    # Paired ratios 2, 2, 3; the ratio of the medians (6 / 2 = 3) would overstate it.
+    assert rates.ratio("a", "b") == 2.0
 
 
 def test_time_to_accuracy_reports_a_target_missed_and_the_best_accuracy():
@@ -45,3 +52,12 @@ def test_our_trainer_on_two_replicas_runs_an_epoch_of_whole_batches():
     assert trainer.work == 50_000
     assert trainer.run() > 0
     assert trainer.test_accuracy() > 0.5
+
+
+def test_fixed_batch_gradient_descent_trains_as_many_examples_as_an_epoch():
+    yardstick = bench_training.FixedBatchGradientDescent(
+        dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000))
+    assert yardstick.work == 50_000
+    first = float(yardstick.loop(tf.constant(1)))
+    assert yardstick.run() > 0
+    assert float(yardstick.loop(tf.constant(1))) < first  # 51 steps on one batch fit it.
