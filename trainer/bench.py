@@ -2,7 +2,7 @@
 
     python -m trainer.bench                                   # every section
     python -m trainer.bench --sections=convergence --json=bench.json
-    python -m trainer.bench --sections=throughput,distribution,ceiling   # the quick ones
+    python -m trainer.bench --sections=throughput,distribution,ceiling,profile   # the quick ones
 
 Each section is a function returning {measure: value}; add one to SECTIONS to extend the table.
 `memory` comes last so that its peak covers every section run before it.
@@ -13,7 +13,7 @@ import os
 
 from absl import app, flags
 
-from trainer import bench_convergence, bench_training, distribute
+from trainer import bench_convergence, bench_profile, bench_training, distribute
 from trainer.tables import markdown_table
 
 SECTIONS = {
@@ -21,6 +21,7 @@ SECTIONS = {
     "throughput": bench_training.throughput,
     "distribution": bench_training.distribution,
     "ceiling": bench_training.ceiling,
+    "profile": bench_profile.step_time_breakdown,
     "time_to_accuracy": bench_training.time_to_accuracy,
     "memory": bench_training.memory,
 }

@@ -1,0 +1,56 @@
+"""The step profile on a tiny trainer: a real trace, read back by xprof's converter."""
+
+import dataclasses
+import pathlib
+import tempfile
+
+import pytest
+
+from trainer import bench_profile, distribute
+from trainer.bench_training import OurTrainer
+from trainer.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    return OurTrainer(distribute.create_strategy("one_device"),
+                      dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000))
+
+
+@pytest.fixture(scope="module")
+def profile(trainer, tmp_path_factory):
+    return bench_profile.step_time_breakdown(trainer, str(tmp_path_factory.mktemp("trace")))
+
+
+def test_group_shares_are_fractions_that_cover_all_the_time(profile):
+    shares = {m: v for m, v in profile.items() if m.startswith("b1000_share_")}
+    groups = [group for group, _ in bench_profile.GROUPS] + [bench_profile.OTHER]
+    assert sorted(shares) == sorted(f"b1000_share_{group}" for group in groups)
+    assert all(0.0 <= share <= 1.0 for share in shares.values())
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_matmuls_and_the_xla_compiled_update_are_found(profile):
+    assert profile["b1000_share_matmul"] > 0
+    # The optimizer compiles each variable's update with XLA; the converter's table alone
+    # leaves those kernels out, so a zero here means they were lost again.
+    assert profile["b1000_share_update"] > 0
+    assert profile["b1000_ms_per_step"] > 0
+
+
+def test_top_ops_name_a_type_and_its_share(profile):
+    top = [profile[f"b1000_top{rank}_op"] for rank in range(1, bench_profile.TOP_OPS + 1)]
+    for entry in top:
+        kind, percent = entry.rsplit(" ", 1)
+        assert kind and percent.endswith("%") and 0 <= int(percent[:-1]) <= 100
+
+
+def test_a_kept_trace_is_reported_and_on_disk(profile):
+    assert list(pathlib.Path(profile["b1000_trace_dir"]).glob("*.xplane.pb"))
+
+
+def test_by_default_the_trace_is_deleted_and_not_reported(trainer, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    profile = bench_profile.step_time_breakdown(trainer)
+    assert "b1000_trace_dir" not in profile
+    assert not list(tmp_path.iterdir())
