@@ -153,6 +153,16 @@ def test_a_rerun_resumes_and_ends_where_an_uninterrupted_run_ends(finished_run, 
         np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
+def test_noxla_update_takes_the_same_steps_op_by_op(finished_run, tmp_path):
+    config, result = finished_run
+    op_by_op = train_and_evaluate(tiny(tmp_path, xla_update=False))
+    want = checkpoint_weights(os.path.join(result.run_dir, CHECKPOINT_DIR, "ckpt-200"))
+    got = checkpoint_weights(os.path.join(op_by_op.run_dir, CHECKPOINT_DIR, "ckpt-200"))
+    assert want.keys() == got.keys()
+    for key in want:  # Only float32 rounding tells XLA's fused loop from the op-by-op kernels.
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-3, atol=1e-4, err_msg=key)
+
+
 def test_resuming_with_other_settings_is_refused(finished_run):
     config, result = finished_run
     other = dataclasses.replace(config, run_name=os.path.basename(result.run_dir), seed=7)

@@ -89,7 +89,8 @@ class OurTrainer:
             self.model = MLP(mnist.NUM_PIXELS, config.hidden_sizes, mnist.NUM_CLASSES,
                              seed=config.seed)
             optimizer = optimizers.create(config.optimizer,
-                                          learning_rate_schedule(config, self.steps_per_epoch))
+                                          learning_rate_schedule(config, self.steps_per_epoch),
+                                          jit_compile=config.xla_update)
             optimizer.build(self.model.trainable_variables)
             self.train_metrics = ClassificationMetrics("train_metrics")
             self.eval_metrics = ClassificationMetrics("eval_metrics")
@@ -202,7 +203,7 @@ class FixedBatchGradientDescent:
     def __init__(self, config: TrainConfig):
         data = _mnist()
         model = MLP(mnist.NUM_PIXELS, config.hidden_sizes, mnist.NUM_CLASSES, seed=config.seed)
-        optimizer = optimizers.create("gd", config.learning_rate)
+        optimizer = optimizers.create("gd", config.learning_rate, jit_compile=config.xla_update)
         images = mnist.to_features(data.train.images[:config.batch_size])
         labels = tf.constant(data.train.labels[:config.batch_size])
         self.steps = len(data.train) // config.batch_size

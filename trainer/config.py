@@ -47,6 +47,7 @@ class TrainConfig:
     max_checkpoints: int = 3
     checkpoint_every_steps: int = 0  # 0: at epoch ends only.
     deterministic: bool = False
+    xla_update: bool = True  # False: the optimizer's update runs op by op.
     nonfinite_retries: int = 0  # Restores of the last good checkpoint before giving up.
     histogram_every_steps: int = 0  # 0: at epoch ends.
     profile_steps: tuple[int, ...] = ()  # (start, end): profile those steps.

@@ -54,6 +54,10 @@ flags.DEFINE_integer("checkpoint_every_steps", _DEFAULTS.checkpoint_every_steps,
 flags.DEFINE_bool("deterministic", _DEFAULTS.deterministic,
                   "Turn on TensorFlow op determinism: a rerun, or a killed and resumed run, "
                   "gives bit-for-bit the same weights (slower on GPUs).")
+flags.DEFINE_bool("xla_update", _DEFAULTS.xla_update,
+                  "Compile each variable's optimizer update with XLA into one fused pass "
+                  "(faster); --noxla_update runs it op by op, e.g. where XLA cannot compile "
+                  "for the device.")
 flags.DEFINE_integer("nonfinite_retries", _DEFAULTS.nonfinite_retries,
                      "On a NaN/inf loss or gradient, restore the last good checkpoint and go on, "
                      "up to this many times; 0: stop with an error.")

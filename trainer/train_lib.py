@@ -124,7 +124,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     with strategy.scope():
         model = MLP(mnist.NUM_PIXELS, config.hidden_sizes, mnist.NUM_CLASSES, seed=config.seed)
         optimizer = optimizers.create(config.optimizer,
-                                      learning_rate_schedule(config, steps_per_epoch))
+                                      learning_rate_schedule(config, steps_per_epoch),
+                                      jit_compile=config.xla_update)
         optimizer.build(model.trainable_variables)
         train_metrics = ClassificationMetrics("train_metrics")
         eval_metrics = ClassificationMetrics("eval_metrics")
