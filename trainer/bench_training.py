@@ -3,7 +3,8 @@ device's matmul rate, to a target accuracy, and its memory.
 
     throughput        examples/s at global batch 128 and 1024: our trainer's compiled loop
                       against the same MLP in Keras `model.fit`, at Keras's default
-                      steps_per_execution (1) and at each of KERAS_STEPS_PER_EXECUTION
+                      steps_per_execution (1) and at each of KERAS_STEPS_PER_EXECUTION,
+                      and the fixed-batch gradient-descent yardstick (what the hardware allows)
     distribution      our trainer on N replicas (MirroredStrategy over all GPUs, else over
                       CPU_REPLICAS logical CPUs) against one device, at the same global batch
     ceiling           the FLOP rate of a chain of large matmuls against our MLP's at batch 1024
@@ -19,7 +20,7 @@ the Keras side is what a Keras user writes (Sequential of Dense, Adam, fit on nu
 Steady state: every workload first runs once untimed (tracing, first allocations), then
 ROUNDS timed runs (a run is one training epoch, or about a second of matmuls). Workloads that
 are compared take turns run by run, so a burst of load from elsewhere on the machine hits
-both sides; a rate is the median of its runs. The logical CPU devices must exist before
+both sides; a rate is the median of its runs, a ratio the median of the rounds' ratios. The logical CPU devices must exist before
 TensorFlow starts: bench.py splits the CPU first.
 """
 
