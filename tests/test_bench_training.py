@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 
+import pytest
 import tensorflow as tf
 
 from trainer import bench_training, distribute
@@ -54,9 +55,10 @@ def test_our_trainer_on_two_replicas_runs_an_epoch_of_whole_batches():
     assert trainer.test_accuracy() > 0.5
 
 
-def test_fixed_batch_gradient_descent_trains_as_many_examples_as_an_epoch():
-    yardstick = bench_training.FixedBatchGradientDescent(
-        dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000))
+@pytest.mark.parametrize("optimizer", ["gd", "adam"])
+def test_a_fixed_batch_loop_trains_as_many_examples_as_an_epoch(optimizer):
+    yardstick = bench_training.FixedBatchLoop(
+        dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000), optimizer)
     assert yardstick.work == 50_000
     first = float(yardstick.loop(tf.constant(1)))
     assert yardstick.run() > 0
