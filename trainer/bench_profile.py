@@ -44,7 +44,8 @@ def step_time_breakdown(trainer: bench_training.OurTrainer | None = None,
                         trace_dir: str | None = None) -> dict:
     """Shares of host self time by group, the top op types, and ms per step of one traced
     epoch. The trace is kept (and its directory reported) only when `trace_dir` is given."""
-    trainer = trainer or bench_training._ours("one_device", 1, bench_training.BATCH_SIZES[0])
+    trainer = trainer or bench_training.cached_trainer("one_device", 1,
+                                                       bench_training.BATCH_SIZES[0])
     trainer.run()  # Untimed: traces the loop and compiles the XLA updates.
     with tempfile.TemporaryDirectory() as scratch:
         logdir = trace_dir or scratch

@@ -260,7 +260,7 @@ def _config(batch_size: int) -> TrainConfig:
 
 
 @functools.cache
-def _ours(strategy_name: str, cpu_replicas: int, batch_size: int) -> OurTrainer:
+def cached_trainer(strategy_name: str, cpu_replicas: int, batch_size: int) -> OurTrainer:
     # Shared by the sections: one trace per configuration in the whole bench.
     return OurTrainer(distribute.create_strategy(strategy_name, cpu_replicas),
                       _config(batch_size))
@@ -275,7 +275,8 @@ def throughput() -> dict:
                  for spe in KERAS_STEPS_PER_EXECUTION}
         fixed_batch = {f"fixed_batch_{name}": FixedBatchLoop(_config(batch_size), name)
                        for name in ("gd", "adam")}
-        rates = measure({"ours": _ours("one_device", 1, batch_size), **fixed_batch, **keras})
+        rates = measure({"ours": cached_trainer("one_device", 1, batch_size), **fixed_batch,
+                         **keras})
         best = max(keras, key=rates.median)
         b = f"b{batch_size}_"
         results.update({f"{b}{name}_examples_per_s": round(rates.median(name)) for name in rates})
@@ -295,8 +296,8 @@ def distribution() -> dict:
     cpu_replicas = 1 if tf.config.list_physical_devices("GPU") else CPU_REPLICAS
     results = {}
     for batch_size in BATCH_SIZES:
-        many = _ours("mirrored", cpu_replicas, batch_size)
-        rates = measure({"one": _ours("one_device", 1, batch_size), "many": many})
+        many = cached_trainer("mirrored", cpu_replicas, batch_size)
+        rates = measure({"one": cached_trainer("one_device", 1, batch_size), "many": many})
         b, n = f"b{batch_size}_", f"{many.replicas}rep"
         results[b + "1rep_examples_per_s"] = round(rates.median("one"))
         results[b + f"{n}_examples_per_s"] = round(rates.median("many"))
@@ -310,7 +311,7 @@ def distribution() -> dict:
 def ceiling() -> dict:
     """Our MLP's FLOP rate at the largest batch against a matmul chain on the same device."""
     batch_size = BATCH_SIZES[-1]
-    ours = _ours("one_device", 1, batch_size)
+    ours = cached_trainer("one_device", 1, batch_size)
     device = distribute.create_strategy("one_device").extended.worker_devices[0]
     rates = measure({"matmul": MatmulChain(device), "ours": ours})
     achieved = rates.median("ours") * flops_per_example()
@@ -329,7 +330,7 @@ def ceiling() -> dict:
 
 def memory(epochs: int = 5) -> dict:
     """Resident memory after epochs 2 and `epochs` of our loop, and the process's peak."""
-    ours = _ours("one_device", 1, BATCH_SIZES[0])
+    ours = cached_trainer("one_device", 1, BATCH_SIZES[0])
     rss = {}
     for epoch in range(1, epochs + 1):
         ours.run()
