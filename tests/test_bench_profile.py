@@ -6,8 +6,9 @@ import tempfile
 
 import pytest
 
-from trainer import bench_profile, distribute
-from trainer.bench_training import OurTrainer
+from trainer import distribute
+from trainer.bench import step_profile as bench_profile
+from trainer.bench.training import OurTrainer
 from trainer.config import TrainConfig
 
 

@@ -6,7 +6,8 @@ import itertools
 import pytest
 import tensorflow as tf
 
-from trainer import bench_training, distribute
+from trainer import distribute
+from trainer.bench import training as bench_training
 from trainer.config import TrainConfig
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import notebook_reference
-from trainer import bench_convergence
-from trainer.convergence_lib import (CONVERGED, EXCEEDED, EXPLODED, SETTINGS_FILE,
+from trainer.convergence import notebook
+from trainer.bench import convergence as bench_convergence
+from trainer.convergence.suite import (CONVERGED, EXCEEDED, EXPLODED, SETTINGS_FILE,
                                      ConvergenceSuite, LogdirError, SuiteSettings, format_table,
                                      run_and_report)
 
@@ -54,7 +54,7 @@ def test_reproduces_the_published_table():
     (-0.5, 100, (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09)),
 ])
 def test_matches_the_notebook_bit_for_bit(init_val, max_iters, learning_rates):
-    expected = notebook_reference.run_suite(OPTIMIZERS, learning_rates, init_val, max_iters)
+    expected = notebook.run_suite(OPTIMIZERS, learning_rates, init_val, max_iters)
     results = ConvergenceSuite(OPTIMIZERS, learning_rates)(init_val, max_iters)
     assert list(results) == list(expected)
     for key, result in results.items():

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from trainer.config import TrainConfig
-from trainer.convergence_lib import SuiteSettings, run_and_report
+from trainer.convergence.suite import SuiteSettings, run_and_report
 from trainer.train_lib import train_and_evaluate
 
 TRAIN = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(32,), batch_size=1000,

@@ -5,7 +5,7 @@ steps each optimizer until an update leaves x exactly unchanged in float32 ("con
 gradient is NaN ("exploded"), or max_iters pass ("exceeded"). It does so one eager step at a time,
 one run after another. Here every run moves through one `tf.while_loop` together, and gives the
 notebook's results bit for bit (tests/test_convergence.py checks it against an eager copy of the
-notebook, tests/notebook_reference.py). Exactness shapes three choices below:
+notebook, trainer/convergence/notebook.py). Exactness shapes three choices below:
 
 * No graph rewrites. Grappler's arithmetic optimizer turns pow(x, 3) into x * square(x), which
   rounds differently from the eager Pow kernel for about a quarter of float32 inputs; XLA
@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trainer import convergence_plots
+from trainer.convergence import plots
 from trainer.metrics_writer import MetricsWriter
 from trainer.optimizers import create
 from trainer.tables import markdown_table
@@ -271,7 +271,7 @@ def run_and_report(settings: SuiteSettings, logdir: str) -> Results:
         writer.close()
     with MetricsWriter(logdir) as writer:
         for tag, figure in _figures(settings, results).items():
-            image = convergence_plots.save_png(
+            image = plots.save_png(
                 figure, os.path.join(logdir, tag.replace("/", "_") + ".png"))
             writer.write_images(0, {tag: image})
         writer.write_text(0, {"table": format_table(results)})
@@ -307,7 +307,7 @@ def _figures(settings: SuiteSettings, results: Results) -> dict:
     x_vals = np.linspace(-2, 2, 201, dtype=np.float32)
     marks = {"Saddle (inflection) point": (SADDLE, loss(SADDLE)),
              "Global minimum": (MINIMUM, loss(MINIMUM))}
-    figures = {"loss_function": convergence_plots.loss_figure(
+    figures = {"loss_function": plots.loss_figure(
         x_vals, loss(x_vals), grad(loss, tf.constant(x_vals)).numpy(), marks)}
     for name in settings.optimizers:
         paths = {}
@@ -316,7 +316,7 @@ def _figures(settings: SuiteSettings, results: Results) -> dict:
             # As in the notebook an exploded run draws no path: it left the picture long before.
             drawn = result.path if result.outcome != EXPLODED else result.path[:0]
             paths[f"learning rate={lr:g}: {result.describe()}"] = drawn
-        figures[f"paths/{name}"] = convergence_plots.paths_figure(
+        figures[f"paths/{name}"] = plots.paths_figure(
             _sentence_case(TITLES.get(name, name)), paths, loss, settings.max_iters)
     return figures
 

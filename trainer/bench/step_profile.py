@@ -24,7 +24,7 @@ import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from xprof.convert import raw_to_tool_data
 
-from trainer import bench_training
+from trainer.bench import training as bench_training
 
 TOP_OPS = 5
 

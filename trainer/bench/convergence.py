@@ -1,7 +1,7 @@
 """Benchmark section: the compiled convergence suite against the seed notebook's eager loop.
 
 The baseline is the notebook's own loop and optimizer classes, which the tests keep as their
-reference (tests/notebook_reference.py); hence the import from tests. Both run the same
+reference (trainer/convergence/notebook.py). Both run the same
 settings in this process, one after the other, and must agree on every run's outcome, iteration
 and final x: a speed-up of different answers would mean nothing.
 """
@@ -9,8 +9,8 @@ and final x: a speed-up of different answers would mean nothing.
 import statistics
 import time
 
-from tests import notebook_reference
-from trainer.convergence_lib import ConvergenceSuite, SuiteSettings
+from trainer.convergence import notebook
+from trainer.convergence.suite import ConvergenceSuite, SuiteSettings
 
 
 def run(settings: SuiteSettings = SuiteSettings(), repeats: int = 5) -> dict:
@@ -20,7 +20,7 @@ def run(settings: SuiteSettings = SuiteSettings(), repeats: int = 5) -> dict:
     graph; later calls (the median of `repeats`) run it only.
     """
     start = time.perf_counter()
-    eager = notebook_reference.run_suite(settings.optimizers, settings.learning_rates,
+    eager = notebook.run_suite(settings.optimizers, settings.learning_rates,
                                          settings.init_val, settings.max_iters)
     eager_seconds = time.perf_counter() - start
 

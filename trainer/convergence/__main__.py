@@ -26,7 +26,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from trainer.convergence_lib import (LogdirError, SuiteSettings, format_table, results_json,
+from trainer.convergence.suite import (LogdirError, SuiteSettings, format_table, results_json,
                                      run_and_report)
 from trainer.optimizers import OPTIMIZERS
 

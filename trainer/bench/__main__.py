@@ -13,7 +13,10 @@ import os
 
 from absl import app, flags
 
-from trainer import bench_convergence, bench_profile, bench_training, distribute
+from trainer import distribute
+from trainer.bench import convergence as bench_convergence
+from trainer.bench import step_profile
+from trainer.bench import training as bench_training
 from trainer.tables import markdown_table
 
 SECTIONS = {
@@ -21,7 +24,7 @@ SECTIONS = {
     "throughput": bench_training.throughput,
     "distribution": bench_training.distribution,
     "ceiling": bench_training.ceiling,
-    "profile": bench_profile.step_time_breakdown,
+    "profile": step_profile.step_time_breakdown,
     "time_to_accuracy": bench_training.time_to_accuracy,
     "memory": bench_training.memory,
 }

@@ -1,13 +1,13 @@
 """The seed notebook's convergence test, eagerly, with the notebook's own optimizer classes.
 
 TensorFlow's "Optimizers with Core APIs" guide (site/en/guide/core/optimizers_core.ipynb) is the
-specification the compiled suite (trainer/convergence_lib.py) must match bit for bit: its
+specification the compiled suite (trainer/convergence/suite.py) must match bit for bit: its
 convergence test stops when an update leaves x unchanged in float32, so every rounding step
 counts. The classes and the loop below keep the notebook's arithmetic on purpose, including what
 STYLE.md warns against elsewhere (Momentum's one `change` shared by every variable, Adam's moments
 rebound to tensors and its Python-float step `t`): they are the reference, not an example. Only
 the printing is gone; a run returns what it found instead. The loss and its tape gradient are the
-notebook's too and live in trainer/convergence_lib.py, where the compiled suite uses them.
+notebook's too and live in trainer/convergence/suite.py, where the compiled suite uses them.
 
 It is also the baseline `make bench` times the compiled suite against.
 """
@@ -15,7 +15,7 @@ It is also the baseline `make bench` times the compiled suite against.
 import numpy as np
 import tensorflow as tf
 
-from trainer.convergence_lib import CONVERGED, EXCEEDED, EXPLODED, RunResult, grad, loss
+from trainer.convergence.suite import CONVERGED, EXCEEDED, EXPLODED, RunResult, grad, loss
 
 
 class GradientDescent(tf.Module):

@@ -1,7 +1,7 @@
 """Screenshots of TensorBoard's Scalars, Images and Histograms dashboards, as PNG files.
 
-    python -m launch.screenshots                   # trains a short run first (about 30 s)
-    python -m launch.screenshots --logdir=runs     # shows the runs already there
+    python -m docs.tensorboard_screenshots                   # trains a short run first (about 30 s)
+    python -m docs.tensorboard_screenshots --logdir=runs     # shows the runs already there
 
 Without --logdir (or with one that holds no runs yet) it writes a 3-epoch training run `mlp`
 and the convergence suite `convergence/...`, starts the real TensorBoard on a free 127.0.0.1
@@ -58,7 +58,7 @@ def write_demo_runs(logdir: str) -> None:
     """A 3-epoch MLP run `mlp` (a few seconds) and the convergence suite under `convergence`."""
     # Imported here: TensorFlow takes seconds to load and is not needed to show existing runs.
     from trainer.config import TrainConfig
-    from trainer.convergence_lib import SuiteSettings, run_and_report
+    from trainer.convergence.suite import SuiteSettings, run_and_report
     from trainer.train_lib import train_and_evaluate
 
     train_and_evaluate(TrainConfig(logdir=logdir, run_name="mlp", epochs=3, hidden_sizes=(256,),
@@ -174,10 +174,10 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Read when TensorFlow loads, if it does.
     chromium = shutil.which(FLAGS.chromium)
     if chromium is None:
-        sys.exit(f"launch.screenshots: error: {FLAGS.chromium} not found; "
+        sys.exit(f"docs.tensorboard_screenshots: error: {FLAGS.chromium} not found; "
                  "install Debian's chromium: apt-get install chromium")
     if FLAGS.logdir is not None and os.path.isfile(FLAGS.logdir):
-        sys.exit(f"launch.screenshots: error: --logdir={FLAGS.logdir} is a file")
+        sys.exit(f"docs.tensorboard_screenshots: error: --logdir={FLAGS.logdir} is a file")
     with tempfile.TemporaryDirectory(prefix="screenshots-") as scratch_dir:
         logdir = FLAGS.logdir or os.path.join(scratch_dir, "logdir")
         try:
@@ -186,7 +186,7 @@ def main(argv):
                 write_demo_runs(logdir)
             paths = capture(logdir, FLAGS.out_dir, chromium, scratch_dir)
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-            sys.exit(f"launch.screenshots: error: {e}")
+            sys.exit(f"docs.tensorboard_screenshots: error: {e}")
     for path in paths:
         print(f"{path} ({os.path.getsize(path) // 1024} KB)")
 
