@@ -1,16 +1,19 @@
 """The real strategies on logical CPU devices: replicas agree, and the step traces once."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from data import mnist
-from models.mlp import MLP
 from trainer import distribute, optimizers
-from trainer.metrics import ClassificationMetrics
-from trainer.steps import compile_loop, make_train_step
+from trainer.config import TrainConfig
+from trainer.train_state import build_train_state
 
 BATCH = 64
+CONFIG = TrainConfig(hidden_sizes=(32,), seed=3, learning_rate=1e-2, lr_schedule="constant",
+                     warmup_epochs=0.0, batch_size=BATCH)
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +22,13 @@ def train_split():
 
 
 def build(strategy, optimizer):
-    with strategy.scope():
-        model = MLP(mnist.NUM_PIXELS, [32], mnist.NUM_CLASSES, seed=3)
-        optimizer = optimizers.create(optimizer, 1e-2) if isinstance(optimizer, str) else optimizer
-        optimizer.build(model.trainable_variables)
-        metrics = ClassificationMetrics("train_metrics")
-    loop = compile_loop(strategy, make_train_step(model, optimizer, metrics, BATCH))
-    return model, optimizer, loop
+    """The trainer's own train state; `optimizer` is a name, or an instance to use instead."""
+    if isinstance(optimizer, str):
+        state = build_train_state(strategy, dataclasses.replace(CONFIG, optimizer=optimizer),
+                                  steps_per_epoch=1)
+    else:
+        state = build_train_state(strategy, CONFIG, steps_per_epoch=1, optimizer=optimizer)
+    return state.model, state.optimizer, state.train_loop
 
 
 def run(strategy, optimizer, split, steps):

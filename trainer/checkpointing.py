@@ -63,6 +63,7 @@ class RunCheckpoints:
         self.read_manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep)
         self.write_manager = self.read_manager if is_chief else tf.train.CheckpointManager(
             checkpoint, os.path.join(directory, f".worker-{worker_id}"), max_to_keep=1)
+        self._saved = None  # (step, path) of this process's last save.
 
     @property
     def latest(self) -> str | None:
@@ -72,7 +73,12 @@ class RunCheckpoints:
         return restore_latest(self.checkpoint, self.read_manager)
 
     def save(self, step: int) -> str:
+        """Saves the state at `step`, once: a second save of the same step returns the first's
+        path (an epoch end that is also a preemption point saves one checkpoint)."""
+        if self._saved and self._saved[0] == step:
+            return self._saved[1]
         path = self.write_manager.save(checkpoint_number=step)
         if not self.is_chief:
             tf.io.gfile.rmtree(self.write_manager.directory)
+        self._saved = (step, path)
         return path

@@ -11,9 +11,7 @@ import re
 
 from data.mnist import SOURCES
 from trainer.distribute import STRATEGIES
-from trainer.optimizers import OPTIMIZERS
-
-SCHEDULES = ("constant", "cosine")
+from trainer.optimizers import OPTIMIZERS, SCHEDULES
 
 
 # The settings that decide what a run computes. A run directory belongs to one set of them:

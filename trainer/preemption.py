@@ -8,8 +8,12 @@ signal must stop them all at the same step, which TensorFlow's own
 
 import signal
 import threading
+from typing import Callable
 
 import tensorflow as tf
+from absl import logging
+
+from trainer.checkpointing import RunCheckpoints
 
 # 128 + SIGTERM: what the job would have returned had the signal killed it, so schedulers
 # restart it as they would any preempted job; this time it has saved its steps first.
@@ -23,18 +27,20 @@ class Preempted(Exception):
 class SigtermWatcher:
     """One process: `requested` turns True once SIGTERM arrives inside the `with` block.
 
-    The loop then saves and stops by itself; `save_if_preempted` has nothing to do.
+    `save_if_preempted(step)` then saves a checkpoint, and the loop stops by itself.
     """
 
-    def __init__(self):
+    def __init__(self, save: Callable[[int], str]):
         self.requested = False
+        self._save = save
         self._previous = None
 
     def _handle(self, signum, frame):
         self.requested = True
 
     def save_if_preempted(self, step: int) -> None:
-        pass
+        if self.requested:
+            logging.info("saved %s", self._save(step))
 
     def __enter__(self):
         # Signal handlers can only be set from the main thread; elsewhere (a caller's worker
@@ -78,9 +84,9 @@ class ClusterPreemption:
         pass
 
 
-def watch(strategy: tf.distribute.Strategy, write_manager: tf.train.CheckpointManager):
+def watch(strategy: tf.distribute.Strategy, checkpoints: RunCheckpoints):
     """The SIGTERM watcher for this strategy, to use as a context manager."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is not None and resolver.cluster_spec().jobs:
-        return ClusterPreemption(resolver, write_manager)
-    return SigtermWatcher()
+        return ClusterPreemption(resolver, checkpoints.write_manager)
+    return SigtermWatcher(checkpoints.save)

@@ -29,7 +29,10 @@ def git_commit() -> str:
 
 
 def write_flags(run_dir: str, flagfile: str) -> str:
+    """Writes flags.txt, unless the run has one: a resumption keeps the first run's."""
     path = os.path.join(run_dir, FLAGS_FILE)
+    if os.path.exists(path):
+        return path
     with open(path, "w") as f:
         f.write(f"# git commit {git_commit()}\n"
                 f"# rerun: python -m trainer.train --flagfile={path}\n{flagfile}")

@@ -1,5 +1,5 @@
-"""What TensorBoard shows beyond scalars: weight and optimizer-state histograms, the digits the
-model gets wrong, the train step's graph and a profiler window."""
+"""What TensorBoard shows beyond scalars: weight and optimizer-state histograms, and the digits
+the model gets wrong."""
 
 import numpy as np
 import tensorflow as tf
@@ -38,28 +38,3 @@ def misclassified_grid(model: tf.Module, split: mnist.Split, max_images: int = 1
         ax.axis("off")
     figure.tight_layout()
     return pixels(figure)
-
-
-class ProfileWindow:
-    """Records a profiler trace of steps [start, end) into the run's logdir (Profile tab).
-
-    The loop calls `at(step)` between compiled calls, so the window snaps to those boundaries.
-    """
-
-    def __init__(self, logdir: str, steps: tuple[int, int] | None):
-        self.logdir, self.steps, self.active = logdir, steps, False
-
-    def at(self, step: int) -> None:
-        if not self.steps:
-            return
-        start, end = self.steps
-        if not self.active and start <= step < end:
-            tf.profiler.experimental.start(self.logdir)
-            self.active = True
-        elif self.active and step >= end:
-            self.stop()
-
-    def stop(self) -> None:
-        if self.active:
-            tf.profiler.experimental.stop()
-            self.active = False

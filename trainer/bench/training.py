@@ -14,9 +14,9 @@ device's matmul rate, to a target accuracy, and its memory.
                       slowest section: up to 10 epochs of each)
     memory            resident memory across epochs of our loop, and the process's peak
 
-Our side is built from the library exactly as train_lib builds it (model, optimizer under the
-strategy's scope, metrics, compiled loop of steps_per_loop steps, distributed tf.data input);
-the Keras side is what a Keras user writes (Sequential of Dense, Adam, fit on numpy arrays).
+Our side is the trainer's own train state and input pipeline (train_state.build_train_state,
+inputs.Inputs), run in calls of steps_per_loop steps as the trainer runs them; the Keras side
+is what a Keras user writes (Sequential of Dense, Adam, fit on numpy arrays).
 
 Steady state: every workload first runs once untimed (tracing, first allocations), then
 ROUNDS timed runs (a run is one training epoch, or about a second of matmuls). Workloads that
@@ -40,9 +40,9 @@ from data import mnist
 from models.mlp import MLP
 from trainer import distribute, optimizers
 from trainer.config import TrainConfig
-from trainer.metrics import ClassificationMetrics
-from trainer.steps import compile_loop, make_eval_step, make_train_step, per_example_loss
-from trainer.train_lib import evaluate, learning_rate_schedule
+from trainer.inputs import Inputs
+from trainer.steps import per_example_loss
+from trainer.train_state import build_train_state, learning_rate_schedule
 
 BATCH_SIZES = (128, 1024)
 KERAS_STEPS_PER_EXECUTION = (1, 10, 50, 200)  # 1 is Keras's default.
@@ -79,45 +79,28 @@ def _mnist() -> mnist.Mnist:
 
 
 class OurTrainer:
-    """Our model, optimizer, metrics and compiled loops, built as train_lib builds them."""
+    """Our train state and input pipeline, built by the very functions the trainer uses."""
 
     def __init__(self, strategy: tf.distribute.Strategy, config: TrainConfig):
-        data = _mnist()
         self.config = config
         self.replicas = strategy.num_replicas_in_sync
-        self.steps_per_epoch = len(data.train) // config.batch_size
+        inputs = Inputs(strategy, _mnist(), config.batch_size, config.seed)
+        self.steps_per_epoch = inputs.steps_per_epoch
         self.work = self.steps_per_epoch * config.batch_size  # Examples per run().
-        with strategy.scope():
-            self.model = MLP(mnist.NUM_PIXELS, config.hidden_sizes, mnist.NUM_CLASSES,
-                             seed=config.seed)
-            optimizer = optimizers.create(config.optimizer,
-                                          learning_rate_schedule(config, self.steps_per_epoch),
-                                          jit_compile=config.xla_update)
-            optimizer.build(self.model.trainable_variables)
-            self.train_metrics = ClassificationMetrics("train_metrics")
-            self.eval_metrics = ClassificationMetrics("eval_metrics")
-        self.train_loop = compile_loop(strategy, make_train_step(
-            self.model, optimizer, self.train_metrics, config.batch_size))
-        self.eval_loop = compile_loop(strategy, make_eval_step(self.model, self.eval_metrics))
-        self.batches = iter(strategy.experimental_distribute_dataset(
-            mnist.train_dataset(data.train, config.batch_size, config.seed)))
-        self.test_batches = -(-len(data.test) // config.batch_size)
-        self.test_dataset = strategy.experimental_distribute_dataset(
-            mnist.eval_dataset(data.test, config.batch_size))
+        self.state = build_train_state(strategy, config, self.steps_per_epoch)
+        self.batches = inputs.train_batches()
+        self.test_set = inputs.eval_set("test")
 
     def run(self) -> float:
         """Trains one epoch in calls of steps_per_loop steps, as the trainer does; seconds."""
         start = time.perf_counter()
         for done in range(0, self.steps_per_epoch, self.config.steps_per_loop):
-            self.train_metrics.reset()
-            self.train_loop(self.batches, tf.constant(
-                min(self.config.steps_per_loop, self.steps_per_epoch - done)))
-            self.train_metrics.result()  # Waits for the steps, as the trainer's loop does.
+            self.state.train(self.batches,
+                             min(self.config.steps_per_loop, self.steps_per_epoch - done))
         return time.perf_counter() - start
 
     def test_accuracy(self) -> float:
-        return evaluate(self.eval_loop, self.eval_metrics, self.test_dataset,
-                        self.test_batches)["accuracy"]
+        return self.state.evaluate(*self.test_set)["accuracy"]
 
 
 class _EpochTimer(tf.keras.callbacks.Callback):

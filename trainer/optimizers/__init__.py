@@ -1,9 +1,11 @@
-"""Hand-written optimizers; `create(name, learning_rate)` maps a flag value to one."""
+"""Hand-written optimizers and learning-rate schedules; `create(name, learning_rate)` maps a
+flag value to an optimizer."""
 
 from trainer.optimizers.adam import Adam
 from trainer.optimizers.base import LearningRate, Optimizer
 from trainer.optimizers.gradient_descent import GradientDescent
 from trainer.optimizers.momentum import Momentum
+from trainer.optimizers.schedules import SCHEDULES, learning_rate_schedule
 
 # Flag values and JSON keys use these short names.
 OPTIMIZERS = {"gd": GradientDescent, "momentum": Momentum, "adam": Adam}
@@ -17,4 +19,4 @@ def create(name: str, learning_rate: LearningRate, jit_compile: bool = True) -> 
 
 
 __all__ = ["Adam", "GradientDescent", "LearningRate", "Momentum", "OPTIMIZERS", "Optimizer",
-           "create"]
+           "SCHEDULES", "create", "learning_rate_schedule"]

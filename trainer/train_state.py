@@ -1,0 +1,105 @@
+"""One train state: the model, its optimizer, the metrics and the compiled loops.
+
+`build_train_state` is the one place they are put together, under the strategy's scope. The
+trainer, the benchmark and the tests all build it here, so what is benchmarked and tested is
+exactly what trains.
+"""
+
+import dataclasses
+import math
+import time
+
+import tensorflow as tf
+
+from data import mnist
+from models.mlp import MLP
+from trainer import optimizers
+from trainer.config import TrainConfig
+from trainer.metrics import ClassificationMetrics
+from trainer.steps import compile_loop, make_eval_step, make_train_step
+
+
+class NonFiniteError(FloatingPointError):
+    """A compiled run of steps met a NaN/inf loss or gradient; nothing of it is saved."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"step {step}: the loss or a gradient is not finite (train loss {loss})")
+        self.step = step
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optimizers.LearningRate:
+    """The config's schedule, with its epochs turned into steps."""
+    return optimizers.learning_rate_schedule(
+        config.lr_schedule, config.learning_rate, total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=int(config.warmup_epochs * steps_per_epoch))
+
+
+@dataclasses.dataclass
+class TrainState:
+    model: MLP
+    optimizer: optimizers.Optimizer
+    train_metrics: ClassificationMetrics
+    eval_metrics: ClassificationMetrics
+    train_loop: tf.types.experimental.PolymorphicFunction  # (iterator, num_steps)
+    eval_loop: tf.types.experimental.PolymorphicFunction  # (iterator, num_batches)
+    global_batch_size: int
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        """What a checkpoint holds: the weights and all optimizer state, step counter included."""
+        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+
+    def train(self, iterator, num_steps: int) -> dict[str, float]:
+        """Runs `num_steps` compiled steps and returns what they measured.
+
+        {loss, accuracy} over the steps; the learning rate they started with; the last step's
+        gradient norm and the parameter norm after it; examples per second. Raises
+        NonFiniteError if any step's loss or gradient was not finite.
+        """
+        first_step = self.step
+        learning_rate = float(self.optimizer.current_learning_rate())
+        self.train_metrics.reset()
+        start = time.perf_counter()
+        self.train_loop(iterator, tf.constant(num_steps))
+        measured = self.train_metrics.result()  # Waits for the steps to finish.
+        seconds = time.perf_counter() - start
+        bad_step = int(self.optimizer.first_nonfinite_step.numpy())
+        if bad_step or not math.isfinite(measured["loss"]):
+            raise NonFiniteError(bad_step or first_step + num_steps, measured["loss"])
+        return {**measured, "learning_rate": learning_rate,
+                "grad_norm": float(self.optimizer.grad_norm.numpy()),
+                "param_norm": float(tf.linalg.global_norm(self.model.trainable_variables)),
+                "examples_per_sec": num_steps * self.global_batch_size / seconds}
+
+    def evaluate(self, dataset, num_batches: int) -> dict[str, float]:
+        """{loss, accuracy} over a padded eval dataset (see mnist.eval_dataset)."""
+        self.eval_metrics.reset()
+        self.eval_loop(iter(dataset), tf.constant(num_batches))
+        return self.eval_metrics.result()
+
+
+def build_train_state(strategy: tf.distribute.Strategy, config: TrainConfig,
+                      steps_per_epoch: int,
+                      optimizer: optimizers.Optimizer | None = None) -> TrainState:
+    """Model, optimizer (config.optimizer, or the one given), metrics and compiled loops.
+
+    Every variable, optimizer state included, is created under the strategy's scope, so each
+    is mirrored across its replicas.
+    """
+    with strategy.scope():
+        model = MLP(mnist.NUM_PIXELS, config.hidden_sizes, mnist.NUM_CLASSES, seed=config.seed)
+        optimizer = optimizer or optimizers.create(
+            config.optimizer, learning_rate_schedule(config, steps_per_epoch),
+            jit_compile=config.xla_update)
+        optimizer.build(model.trainable_variables)
+        train_metrics = ClassificationMetrics("train_metrics")
+        eval_metrics = ClassificationMetrics("eval_metrics")
+    return TrainState(
+        model=model, optimizer=optimizer, train_metrics=train_metrics, eval_metrics=eval_metrics,
+        train_loop=compile_loop(strategy, make_train_step(model, optimizer, train_metrics,
+                                                          config.batch_size)),
+        eval_loop=compile_loop(strategy, make_eval_step(model, eval_metrics)),
+        global_batch_size=config.batch_size)
