@@ -14,9 +14,9 @@ import sys
 from absl import app, flags, logging
 
 from data.mnist import SOURCES, DataError
-from trainer.config import SCHEDULES, ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.distribute import STRATEGIES, StrategyError
-from trainer.optimizers import OPTIMIZERS
+from trainer.optimizers import OPTIMIZERS, SCHEDULES
 from trainer.checkpointing import CheckpointError
 from trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
 from trainer.train_lib import DivergenceError, train_and_evaluate
