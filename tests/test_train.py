@@ -4,21 +4,19 @@ import dataclasses
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
 from data import mnist
 from models.mlp import MLP
+from tests.toolkit import (assert_same_tensors, checkpoint_path, checkpoint_tensors, run_module,
+                           scalars, summaries)
 from trainer.config import ConfigError, TrainConfig
 from trainer.run_files import FLAGS_FILE, RESULT_FILE
 from trainer.train_lib import CHECKPOINT_DIR, train_and_evaluate
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # 100 steps an epoch on two logical CPU replicas: seconds, yet real training.
 TINY = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
                    epochs=2, steps_per_loop=40, learning_rate=3e-3, warmup_epochs=0.0,
@@ -27,30 +25,6 @@ TINY = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batc
 
 def tiny(tmp_path, **overrides) -> TrainConfig:
     return dataclasses.replace(TINY, logdir=str(tmp_path / "runs"), **overrides)
-
-
-def checkpoint_weights(path: str) -> dict[str, np.ndarray]:
-    reader = tf.train.load_checkpoint(path)
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith("model/")}
-
-
-def summaries(run_dir: str) -> dict[str, dict]:
-    """{plugin: {tag: [values]}} from a run's event files, read by TensorBoard's own loader."""
-    events = event_accumulator.EventAccumulator(
-        run_dir, size_guidance={event_accumulator.TENSORS: 0})
-    events.Reload()
-    found = {}
-    for tag in events.Tags()["tensors"]:
-        plugin = events.SummaryMetadata(tag).plugin_data.plugin_name
-        found.setdefault(plugin, {})[tag] = [
-            tf.make_ndarray(e.tensor_proto) for e in events.Tensors(tag)]
-    return found
-
-
-def scalars(run_dir: str) -> dict[str, list[float]]:
-    return {tag: [float(v) for v in values]
-            for tag, values in summaries(run_dir)["scalars"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +53,19 @@ def test_a_run_shows_histograms_images_text_and_its_graph(finished_run):
     config, result = finished_run
     found = summaries(result.run_dir)
     # The Graphs tab reads the traced train loop from this plugin's data.
-    assert "train_loop" in found["graph_run_metadata_graph"]
-    histograms = found["histograms"]
+    assert found["train_loop"].plugin == "graph_run_metadata_graph"
     for layer in ("dense_0", "dense_1"):
-        assert len(histograms[f"weights/mlp/{layer}/w"]) == 2  # One per epoch.
-        assert f"optimizer/adam/mlp_{layer}_w_m" in histograms
-        assert f"optimizer/adam/mlp_{layer}_w_v" in histograms
-    grids = found["images"]["eval/misclassified"]
-    assert len(grids) == 2
-    width, height = (int(x) for x in grids[0][:2])  # Encoded images: width, height, PNG.
+        weights = found[f"weights/mlp/{layer}/w"]
+        assert weights.plugin == "histograms" and weights.steps == [100, 200]  # Epoch ends.
+        assert found[f"optimizer/adam/mlp_{layer}_w_m"].plugin == "histograms"
+        assert found[f"optimizer/adam/mlp_{layer}_w_v"].plugin == "histograms"
+    grids = found["eval/misclassified"]
+    assert grids.plugin == "images" and len(grids.values) == 2
+    width, height = (int(x) for x in grids.values[0][:2])  # Encoded images: width, height, PNG.
     assert width > 100 and height > 100
-    assert "--hidden_sizes=64" in found["text"]["config/flags"][0].item().decode()
+    flags_text = found["config/flags"]
+    assert flags_text.plugin == "text"
+    assert "--hidden_sizes=64" in flags_text.values[0].item().decode()
     grad_norms = scalars(result.run_dir)["optim/grad_norm"]
     assert all(np.isfinite(grad_norms)) and grad_norms[0] > 0
 
@@ -146,21 +122,19 @@ def test_a_rerun_resumes_and_ends_where_an_uninterrupted_run_ends(finished_run, 
     assert sorted(p.name for p in checkpoint_dir.glob("ckpt-*.index")) == [
         "ckpt-100.index", "ckpt-200.index"]
     # Same data order, same ops: the resumed run ends with the same weights.
-    want = checkpoint_weights(os.path.join(result.run_dir, CHECKPOINT_DIR, "ckpt-200"))
-    got = checkpoint_weights(str(checkpoint_dir / "ckpt-200"))
-    assert want.keys() == got.keys() and len(want) == 4
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    want = checkpoint_tensors(checkpoint_path(result.run_dir, 200))
+    assert len(want) == 4
+    assert_same_tensors(checkpoint_tensors(checkpoint_path(run_dir, 200)), want,
+                        rtol=1e-6, atol=1e-7)
 
 
 def test_noxla_update_takes_the_same_steps_op_by_op(finished_run, tmp_path):
     config, result = finished_run
     op_by_op = train_and_evaluate(tiny(tmp_path, xla_update=False))
-    want = checkpoint_weights(os.path.join(result.run_dir, CHECKPOINT_DIR, "ckpt-200"))
-    got = checkpoint_weights(os.path.join(op_by_op.run_dir, CHECKPOINT_DIR, "ckpt-200"))
-    assert want.keys() == got.keys()
-    for key in want:  # Only float32 rounding tells XLA's fused loop from the op-by-op kernels.
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-3, atol=1e-4, err_msg=key)
+    # Only float32 rounding tells XLA's fused loop from the op-by-op kernels.
+    assert_same_tensors(checkpoint_tensors(checkpoint_path(op_by_op.run_dir, 200)),
+                        checkpoint_tensors(checkpoint_path(result.run_dir, 200)),
+                        rtol=1e-3, atol=1e-4)
 
 
 def test_resuming_with_other_settings_is_refused(finished_run):
@@ -170,15 +144,10 @@ def test_resuming_with_other_settings_is_refused(finished_run):
         train_and_evaluate(other)
 
 
-def run_cli(*args, timeout=240):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "trainer.train", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def test_the_command_line_reruns_a_run_from_its_flagfile(finished_run):
     config, result = finished_run
-    done = run_cli(f"--flagfile={os.path.join(result.run_dir, FLAGS_FILE)}", "--cpu_replicas=2")
+    done = run_module("trainer.train", f"--flagfile={os.path.join(result.run_dir, FLAGS_FILE)}",
+                      "--cpu_replicas=2")
     assert done.returncode == 0, done.stderr[-2000:]
     # Already finished: it resumes at the last step, trains nothing, and keeps the export.
     assert f"after {result.steps} steps" in done.stdout
@@ -186,53 +155,6 @@ def test_the_command_line_reruns_a_run_from_its_flagfile(finished_run):
 
 
 def test_helpfull_documents_every_setting():
-    shown = run_cli("--helpfull").stdout
+    shown = run_module("trainer.train", "--helpfull").stdout
     for field in dataclasses.fields(TrainConfig):
         assert f"--{field.name}:" in shown or f"--[no]{field.name}:" in shown, field.name
-
-
-BAD_FLAGS = {
-    "--learning_rate=-1": "--learning_rate=-1.0: must be a positive number",
-    "--batch_size=0": "--batch_size=0: must be at least 1",
-    "--hidden_sizes=": "--hidden_sizes=: must be a comma-separated list",
-    "--hidden_sizes=700,x": "--hidden_sizes=700,x: must be comma-separated integers",
-    "--profile_steps=20,10": "--profile_steps=20,10: must be START,END with 0 <= START < END",
-    "--optimizer=sgd": "flag --optimizer=sgd: value should be one of",
-    "--strategy=tpu": "flag --strategy=tpu: value should be one of",
-    "--cpu_replicas=0": "--cpu_replicas=0: must be at least 1",
-    "--epochs=0": "--epochs=0: must be at least 1",
-    "--cpu_replicas=2 --batch_size=129": "--batch_size=129: must be divisible by the 2",
-    "--logdir=requirements.txt": "--logdir=requirements.txt: is a file, not a directory",
-    "--logdir=/proc/no_such_logdir": "--logdir=/proc/no_such_logdir: cannot create",
-    "--checkpoint_every_steps=-1": "--checkpoint_every_steps=-1: must be 0 (epoch ends only)",
-    "--nonfinite_retries=-1": "--nonfinite_retries=-1: must be 0 or more",
-    "--warmup_epochs=10": "--warmup_epochs=10.0: must be at least 0 and less than --epochs",
-}
-
-
-@pytest.fixture(scope="module")
-def bad_flag_runs(tmp_path_factory):
-    """Every bad command line at once: each one is mostly TensorFlow's start-up time."""
-    logdir = tmp_path_factory.mktemp("bad_flags")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    # A --logdir among the bad flags comes later and overrides this one.
-    running = {args: subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", f"--logdir={logdir}", *args.split()],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for args in BAD_FLAGS}
-    finished = {args: (process.wait(timeout=240), process.stderr.read())
-                for args, process in running.items()}
-    for process in running.values():
-        process.stdout.close()
-        process.stderr.close()
-    return logdir, finished
-
-
-@pytest.mark.parametrize("args", BAD_FLAGS)
-def test_bad_flags_get_one_clear_line_and_a_nonzero_exit(args, bad_flag_runs):
-    logdir, finished = bad_flag_runs
-    returncode, stderr = finished[args]
-    assert returncode != 0
-    # absl's own flag errors add a line pointing at --helpfull.
-    assert BAD_FLAGS[args] in " ".join(stderr.strip().splitlines()[-2:]), stderr[-2000:]
-    assert list(logdir.iterdir()) == []  # Refused before anything was written.

@@ -1,0 +1,121 @@
+"""Bad input on every entry point's command line: one line naming the culprit, exit code 1,
+and nothing written."""
+
+import dataclasses
+import json
+
+import pytest
+
+from tests.toolkit import environment, finish, start_module
+from trainer.convergence.suite import SETTINGS_FILE, SuiteSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class BadInput:
+    module: str
+    args: str  # Split on spaces; relative paths are in the case's own working directory.
+    error: str  # What the one error line says.
+    tf_config: str | None = None  # TF_CONFIG, which is otherwise unset.
+
+    def __str__(self):
+        tf_config = f" TF_CONFIG={self.tf_config}" if self.tf_config else ""
+        return f"{self.module} {self.args}{tf_config}"
+
+
+# Each case runs in a directory of its own holding these, and no process may change it. A
+# default --logdir or --sweep_dir, relative, would land there too.
+A_FILE = "a_file"  # An empty file where a directory is expected.
+TAKEN = "taken.json"  # An existing file for an output that must be new.
+OTHER_SUITE = "other"  # A convergence suite's logdir with other settings in it.
+
+CASES = [
+    BadInput("trainer.train", "--learning_rate=-1",
+             "trainer.train: error: --learning_rate=-1.0: must be a positive number"),
+    BadInput("trainer.train", "--batch_size=0",
+             "trainer.train: error: --batch_size=0: must be at least 1"),
+    BadInput("trainer.train", "--hidden_sizes=",
+             "trainer.train: error: --hidden_sizes=: must be a comma-separated list"),
+    BadInput("trainer.train", "--hidden_sizes=700,x",
+             "--hidden_sizes=700,x: must be comma-separated integers"),
+    BadInput("trainer.train", "--profile_steps=20,10",
+             "--profile_steps=20,10: must be START,END with 0 <= START < END"),
+    BadInput("trainer.train", "--optimizer=sgd", "flag --optimizer=sgd: value should be one of"),
+    BadInput("trainer.train", "--strategy=tpu", "flag --strategy=tpu: value should be one of"),
+    BadInput("trainer.train", "--cpu_replicas=0",
+             "trainer.train: error: --cpu_replicas=0: must be at least 1"),
+    BadInput("trainer.train", "--epochs=0", "trainer.train: error: --epochs=0: must be at least 1"),
+    BadInput("trainer.train", "--cpu_replicas=2 --batch_size=129",
+             "trainer.train: error: --batch_size=129: must be divisible by the 2 replicas"),
+    BadInput("trainer.train", f"--logdir={A_FILE}",
+             f"trainer.train: error: --logdir={A_FILE}: is a file, not a directory"),
+    BadInput("trainer.train", "--logdir=/proc/no_such_logdir",
+             "trainer.train: error: --logdir=/proc/no_such_logdir: cannot create"),
+    BadInput("trainer.train", "--checkpoint_every_steps=-1",
+             "trainer.train: error: --checkpoint_every_steps=-1: must be 0 (epoch ends only)"),
+    BadInput("trainer.train", "--nonfinite_retries=-1",
+             "trainer.train: error: --nonfinite_retries=-1: must be 0 or more"),
+    BadInput("trainer.train", "--warmup_epochs=10",
+             "trainer.train: error: --warmup_epochs=10.0: must be at least 0 and less than --epochs"),
+    BadInput("trainer.train", "--strategy=multi_worker",
+             "trainer.train: error: TF_CONFIG is not set"),
+    BadInput("trainer.train", "--strategy=multi_worker",
+             "trainer.train: error: TF_CONFIG is malformed", tf_config="{not json"),
+    BadInput("trainer.train", "--strategy=multi_worker", "is not in its cluster",
+             tf_config='{"cluster": {"worker": ["127.0.0.1:1"]}, '
+                       '"task": {"type": "worker", "index": 3}}'),
+    BadInput("trainer.convergence", "--optimizers=gd,sgd",
+             "flag --optimizers=['gd', 'sgd']: must be distinct names of: gd, momentum, adam"),
+    BadInput("trainer.convergence", "--learning_rates=0.1,-0.1",
+             "flag --learning_rates=[0.1, -0.1]: must be distinct positive float32 numbers"),
+    BadInput("trainer.convergence", "--max_iters=0", "flag --max_iters=0: must be at least 1"),
+    BadInput("trainer.convergence", "--init_val=nan",
+             "flag --init_val=nan: must be a finite float32 number"),
+    BadInput("trainer.convergence", f"--json={TAKEN}", f"flag --json={TAKEN}: already exists"),
+    BadInput("trainer.convergence", f"--logdir={OTHER_SUITE}",
+             f"trainer.convergence: error: --logdir={OTHER_SUITE}: holds a suite run with other "
+             "settings"),
+    BadInput("launch.sweep", "--sweep_dir=new --grid=learning_rate",
+             "launch.sweep: error: --grid=learning_rate: expected <trainer flag>=<value>"),
+    BadInput("launch.sweep", "--sweep_dir=new --grid=seed=1 --parallel=0",
+             "flag --parallel=0: must be at least 1"),
+    BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 --workers=0",
+             "launch.kubernetes: error: --workers=0: must be at least 1 (the chief)"),
+    BadInput("launch.local", "--workers=0", "flag --workers=0: 0 is not a positive integer"),
+]
+
+
+def contents(directory) -> dict[str, bytes | None]:
+    """{path: its bytes, or None for a directory} of everything under `directory`."""
+    return {str(path.relative_to(directory)): None if path.is_dir() else path.read_bytes()
+            for path in sorted(directory.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Every case at once, each in its own directory: each is mostly TensorFlow's start-up."""
+    env = {name: value for name, value in environment().items() if name != "TF_CONFIG"}
+    started = {}
+    for case in CASES:
+        workdir = tmp_path_factory.mktemp("bad_input")
+        (workdir / A_FILE).write_text("")
+        (workdir / TAKEN).write_text("{}")
+        (workdir / OTHER_SUITE).mkdir()
+        (workdir / OTHER_SUITE / SETTINGS_FILE).write_text(
+            json.dumps(dataclasses.asdict(SuiteSettings(init_val=1.0))))
+        case_env = env if case.tf_config is None else {**env, "TF_CONFIG": case.tf_config}
+        started[case] = (workdir, contents(workdir),
+                         start_module(case.module, *case.args.split(), cwd=workdir, env=case_env))
+    return {case: (workdir, before, finish(process))
+            for case, (workdir, before, process) in started.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(case, outcomes):
+    workdir, before, done = outcomes[case]
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    naming = [line for line in lines if case.error in line]
+    # Our own errors end the output; absl's flag errors add a line pointing at --helpfull.
+    assert len(naming) == 1 and naming[0] in lines[-2:], done.stderr[-2000:]
+    assert naming[0].startswith((f"{case.module}: error: ", "FATAL Flags parsing error: flag "))
+    assert contents(workdir) == before  # Refused before anything was written.
