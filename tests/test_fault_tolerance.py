@@ -8,38 +8,35 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, assert_same_tensors, checkpoint_path,
+                           checkpoint_tensors, command_line, finish, start_module)
 from trainer.checkpointing import CheckpointError
 from trainer.config import TrainConfig
 from trainer.preemption import PREEMPTED_EXIT_CODE
 from trainer.train_lib import CHECKPOINT_DIR, DivergenceError, train_and_evaluate
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # Deterministic, on 2 logical CPU replicas, checkpointing often: 400 steps of a small model.
-COMMAND = ["--strategy=mirrored", "--cpu_replicas=2", "--hidden_sizes=64", "--batch_size=500",
-           "--epochs=4", "--learning_rate=3e-3", "--warmup_epochs=0", "--steps_per_loop=5",
-           "--checkpoint_every_steps=25", "--data_source=bundled", "--deterministic"]
+CONFIG = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
+                     epochs=4, learning_rate=3e-3, warmup_epochs=0.0, steps_per_loop=5,
+                     checkpoint_every_steps=25, data_source="bundled", deterministic=True)
 FINAL_STEP = 400
 
 
-def start(logdir, run_name):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", f"--logdir={logdir}", f"--run_name={run_name}",
-         *COMMAND], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+def start(logdir, run_name) -> subprocess.Popen:
+    """The trainer on CONFIG, its stderr merged into stdout to be read line by line."""
+    config = dataclasses.replace(CONFIG, logdir=str(logdir), run_name=run_name)
+    return start_module("trainer.train", *command_line(config), stderr=subprocess.STDOUT)
 
 
 def run_to_end(logdir, run_name) -> str:
-    process = start(logdir, run_name)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
-    return output
+    done = finish(start(logdir, run_name))
+    assert done.returncode == 0, done.stdout[-3000:]
+    return done.stdout
 
 
 def interrupt_after(logdir, run_name, checkpoint_step: int, signum) -> tuple[int, str]:
@@ -57,10 +54,8 @@ def interrupt_after(logdir, run_name, checkpoint_step: int, signum) -> tuple[int
 
 def final_state(logdir, run_name) -> dict[str, np.ndarray]:
     """Every variable of the final checkpoint: weights, optimizer slots and step counter."""
-    path = os.path.join(logdir, run_name, CHECKPOINT_DIR, f"ckpt-{FINAL_STEP}")
-    reader = tf.train.load_checkpoint(path)
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith(("model/", "optimizer/"))}
+    return checkpoint_tensors(checkpoint_path(os.path.join(logdir, run_name), FINAL_STEP),
+                              WEIGHTS_AND_OPTIMIZER)
 
 
 def resumed_step(output: str) -> int:
@@ -75,9 +70,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def assert_bitwise_equal(got, want):
-    assert got.keys() == want.keys() and len(want) >= 4 + 8 + 1
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert len(want) >= 4 + 8 + 1  # Weights, Adam's slots, its step counter.
+    assert_same_tensors(got, want)
 
 
 def test_a_run_killed_mid_run_and_restarted_ends_bit_for_bit_as_if_never_killed(uninterrupted):
@@ -117,10 +111,10 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
     checkpoints = os.path.join(tmp_path, config.run_dir_name(), CHECKPOINT_DIR)
     latest = tf.train.latest_checkpoint(checkpoints)
     assert latest.endswith("ckpt-1")
-    reader = tf.train.load_checkpoint(latest)
-    for key in reader.get_variable_to_shape_map():
-        value = reader.get_tensor(key)
-        if np.issubdtype(np.asarray(value).dtype, np.floating):
+    kept = checkpoint_tensors(latest, WEIGHTS_AND_OPTIMIZER)
+    assert len(kept) >= 4 + 1
+    for key, value in kept.items():
+        if np.issubdtype(value.dtype, np.floating):
             assert np.isfinite(value).all(), key
 
 
