@@ -1,45 +1,41 @@
 """Multi-worker training: real worker processes on 127.0.0.1, started by launch.local."""
 
+import dataclasses
 import io
 import json
 import os
 import pathlib
 import re
 import signal
-import subprocess
-import sys
 import threading
 
-import numpy as np
 import psutil
 import pytest
 import tensorflow as tf
 
 from launch import local
+from tests.toolkit import (assert_same_tensors, checkpoint_path, checkpoint_tensors, command_line,
+                           environment)
 from trainer.config import TrainConfig
 from trainer.run_files import RESULT_FILE
 from trainer.train_lib import CHECKPOINT_DIR, train_and_evaluate
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SETTINGS = dict(hidden_sizes=(64,), batch_size=500, epochs=2, warmup_epochs=0.0,
-                steps_per_loop=25, data_source="bundled")
-ARGS = ["--hidden_sizes=64", "--batch_size=500", "--epochs=2", "--warmup_epochs=0",
-        "--steps_per_loop=25", "--data_source=bundled"]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+# 200 steps of a small model, as one job of 2 workers or one process on 2 replicas.
+CONFIG = TrainConfig(hidden_sizes=(64,), batch_size=500, epochs=2, warmup_epochs=0.0,
+                     steps_per_loop=25, data_source="bundled")
+ENV = environment()
 
 
-def model_weights(run_dir: str) -> dict[str, np.ndarray]:
-    reader = tf.train.load_checkpoint(os.path.join(run_dir, CHECKPOINT_DIR, "ckpt-200"))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith("model/")}
+def run_job(config: TrainConfig, sink, **options) -> int:
+    """launch.local's job of 2 workers training `config`; its exit code."""
+    return local.run_job(2, command_line(config), sink=sink, env=ENV, **options)
 
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("multi_worker")
     output = io.StringIO()
-    code = local.run_job(2, [f"--logdir={logdir}", "--run_name=job", *ARGS], sink=output,
-                         env=ENV)
+    code = run_job(dataclasses.replace(CONFIG, logdir=str(logdir), run_name="job"), output)
     return logdir, code, output.getvalue()
 
 
@@ -67,12 +63,12 @@ def test_only_the_chief_writes_the_run(two_workers):
 
 def test_two_workers_match_one_process_with_the_same_global_batch(two_workers, tmp_path):
     logdir, _, _ = two_workers
-    single = train_and_evaluate(TrainConfig(logdir=str(tmp_path), strategy="mirrored",
-                                            cpu_replicas=2, **SETTINGS))
-    want, got = model_weights(single.run_dir), model_weights(os.path.join(logdir, "job"))
-    assert want.keys() == got.keys() and len(want) == 4
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    single = train_and_evaluate(dataclasses.replace(
+        CONFIG, logdir=str(tmp_path), strategy="mirrored", cpu_replicas=2))
+    want = checkpoint_tensors(checkpoint_path(single.run_dir, 200))
+    assert len(want) == 4
+    assert_same_tensors(checkpoint_tensors(checkpoint_path(os.path.join(logdir, "job"), 200)),
+                        want, rtol=1e-4, atol=1e-6)
 
 
 class KillWorkerOne(io.StringIO):
@@ -92,9 +88,8 @@ def test_a_dead_worker_stops_the_whole_job_fast(tmp_path):
     result = {}
 
     def launch():
-        result["code"] = local.run_job(
-            2, [f"--logdir={tmp_path}", *ARGS[:-3], "--epochs=50", "--data_source=bundled"],
-            grace_seconds=5, sink=output, env=ENV)
+        result["code"] = run_job(dataclasses.replace(CONFIG, logdir=str(tmp_path), epochs=50),
+                                 output, grace_seconds=5)
         done.set()
 
     threading.Thread(target=launch, daemon=True).start()
@@ -102,24 +97,6 @@ def test_a_dead_worker_stops_the_whole_job_fast(tmp_path):
     assert result["code"] == 128 + signal.SIGKILL
     assert "[launcher] worker 1 exited with code -9; stopping the job" in output.getvalue()
     assert not psutil.Process().children()  # No worker left behind.
-
-
-@pytest.mark.parametrize("tf_config, message", [
-    (None, "TF_CONFIG is not set"),
-    ("{not json", "TF_CONFIG is malformed"),
-    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
-     "is not in its cluster"),
-])
-def test_a_bad_tf_config_is_one_clear_line(tf_config, message, tmp_path):
-    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
-    if tf_config is not None:
-        env["TF_CONFIG"] = tf_config
-    done = subprocess.run([sys.executable, "-m", "trainer.train", "--strategy=multi_worker",
-                           f"--logdir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 1
-    assert message in done.stderr.strip().splitlines()[-1]
-    assert list(tmp_path.iterdir()) == []
 
 
 class SigtermWorkerOne(io.StringIO):
@@ -134,11 +111,10 @@ class SigtermWorkerOne(io.StringIO):
 
 
 def test_sigterm_to_one_worker_checkpoints_all_and_the_rerun_resumes(tmp_path):
-    args = [f"--logdir={tmp_path}", "--run_name=job", *ARGS[:2], "--epochs=4",
-            "--warmup_epochs=0", "--steps_per_loop=5", "--checkpoint_every_steps=50",
-            "--data_source=bundled"]
+    config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", epochs=4,
+                                 steps_per_loop=5, checkpoint_every_steps=50)
     output = SigtermWorkerOne()
-    assert local.run_job(2, args, sink=output, env=ENV) == 128 + signal.SIGTERM
+    assert run_job(config, output) == 128 + signal.SIGTERM
     stopped = re.findall(r"\[worker (\d)\] .*SIGTERM: stopped at step (\d+)", output.getvalue())
     assert sorted(worker for worker, _ in stopped) == ["0", "1"]
     step = stopped[0][1]
@@ -147,6 +123,6 @@ def test_sigterm_to_one_worker_checkpoints_all_and_the_rerun_resumes(tmp_path):
     assert latest.endswith(f"ckpt-{step}")
 
     output = io.StringIO()
-    assert local.run_job(2, args, sink=output, env=ENV) == 0, output.getvalue()[-3000:]
+    assert run_job(config, output) == 0, output.getvalue()[-3000:]
     assert len(re.findall(rf"resumed from \S+ckpt-{step} at step {step}", output.getvalue())) == 2
     assert json.loads(pathlib.Path(tmp_path, "job", RESULT_FILE).read_text())["steps"] == 400
