@@ -11,6 +11,9 @@ the latest checkpoint there.
 import dataclasses
 import sys
 
+# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+import trainer.terminal  # noqa: F401
+
 from absl import app, flags, logging
 
 from data.mnist import SOURCES, DataError

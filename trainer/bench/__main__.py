@@ -11,6 +11,9 @@ Each section is a function returning {measure: value}; add one to SECTIONS to ex
 import json
 import os
 
+# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+import trainer.terminal  # noqa: F401
+
 from absl import app, flags
 
 from trainer import distribute

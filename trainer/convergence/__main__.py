@@ -23,6 +23,9 @@ import math
 import os
 import sys
 
+# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+import trainer.terminal  # noqa: F401
+
 import numpy as np
 from absl import app, flags
 
