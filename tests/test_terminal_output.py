@@ -1,12 +1,14 @@
 """What a user's terminal shows: the real entry points' own lines, not the libraries' chatter
-unless --verbosity asks for it; errors still one line."""
+unless --verbosity asks for it; errors still one line; the benchmark's progress."""
 
+import logging
 import re
 
 import pytest
 
 from tests.toolkit import REPO, environment, finish, start_module
 from trainer import terminal
+from trainer.bench import training as bench_training
 
 TINY_RUN = ["--hidden_sizes=16", "--batch_size=1000", "--epochs=1", "--warmup_epochs=0",
             "--data_source=bundled"]
@@ -113,3 +115,21 @@ def test_start_up_lines_are_held_back_below_the_cpp_log_level(min_level, kept):
     lines = STARTUP.splitlines(keepends=True)
     assert terminal.cpp_lines_to_show(STARTUP, min_level) == "".join(lines[i] for i in kept)
 
+
+class _Workload:
+    work = 10
+
+    def run(self):
+        return 1.0
+
+
+def test_the_benchmark_logs_each_round_of_a_measurement(caplog):
+    caplog.set_level(logging.INFO, logger="absl")
+    bench_training.measure({"a": _Workload(), "b": _Workload()}, rounds=3,
+                           label="[throughput] batch 128")
+    assert [r.getMessage() for r in caplog.records] == [
+        "[throughput] batch 128: warm-up, one untimed run of each of 2 workloads",
+        "[throughput] batch 128: round 1/3",
+        "[throughput] batch 128: round 2/3, about 0:00 left",
+        "[throughput] batch 128: round 3/3, about 0:00 left",
+    ]

@@ -5,16 +5,19 @@
     python -m trainer.bench --sections=throughput,distribution,ceiling,profile   # the quick ones
 
 Each section is a function returning {measure: value}; add one to SECTIONS to extend the table.
-`memory` comes last so that its peak covers every section run before it.
+`memory` comes last so that its peak covers every section run before it. While they run, log
+lines on stderr say which section and which round of its measurement is under way; the table
+comes on stdout at the end.
 """
 
 import json
 import os
+import time
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
 import trainer.terminal  # noqa: F401
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from trainer import distribute
 from trainer.bench import convergence as bench_convergence
@@ -52,7 +55,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Before any TensorFlow work: the distribution section's replicas are logical CPUs.
     distribute.split_cpu(bench_training.CPU_REPLICAS)
-    measurements = {name: SECTIONS[name]() for name in FLAGS.sections}
+    measurements = {}
+    for index, name in enumerate(FLAGS.sections, 1):
+        # Progress on stderr (the sections and measure() log their own); the table on stdout.
+        logging.info("[%s] section %d/%d", name, index, len(FLAGS.sections))
+        start = time.monotonic()
+        measurements[name] = SECTIONS[name]()
+        logging.info("[%s] done in %.0f s", name, time.monotonic() - start)
     print(markdown_table(["section", "measure", "value"], [
         [section, measure, _format(value)]
         for section, values in measurements.items() for measure, value in values.items()]))

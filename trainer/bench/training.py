@@ -35,6 +35,7 @@ import time
 import numpy as np
 import psutil
 import tensorflow as tf
+from absl import logging
 
 from data import mnist
 from models.mlp import MLP
@@ -226,16 +227,28 @@ class Rates(dict):
         return statistics.median(a / b for a, b in zip(self[name], self[baseline]))
 
 
-def measure(workloads: dict, rounds: int = ROUNDS) -> Rates:
+def measure(workloads: dict, rounds: int = ROUNDS, label: str = "measure") -> Rates:
     """Work per second of each workload: a warm-up run each, then `rounds` rounds of one run
-    of each in turn."""
+    of each in turn. Progress is logged as `<label>: round 2/5, about 1:10 left`."""
+    logging.info("%s: warm-up, one untimed run of each of %d workloads", label, len(workloads))
     for workload in workloads.values():
         workload.run()
     rates = Rates({name: [] for name in workloads})
-    for _ in range(rounds):
+    start = time.monotonic()
+    for done in range(rounds):
+        logging.info("%s: round %d/%d%s", label, done + 1, rounds,
+                     _time_left(time.monotonic() - start, done, rounds))
         for name, workload in workloads.items():
             rates[name].append(workload.work / workload.run())
     return rates
+
+
+def _time_left(seconds: float, done: int, total: int) -> str:
+    """", about m:ss left" at the pace of the `done` of `total` steps so far; "" before any."""
+    if done == 0:
+        return ""
+    minutes, secs = divmod(round(seconds / done * (total - done)), 60)
+    return f", about {minutes}:{secs:02d} left"
 
 
 def _config(batch_size: int) -> TrainConfig:
@@ -259,7 +272,7 @@ def throughput() -> dict:
         fixed_batch = {f"fixed_batch_{name}": FixedBatchLoop(_config(batch_size), name)
                        for name in ("gd", "adam")}
         rates = measure({"ours": cached_trainer("one_device", 1, batch_size), **fixed_batch,
-                         **keras})
+                         **keras}, label=f"[throughput] batch {batch_size}")
         best = max(keras, key=rates.median)
         b = f"b{batch_size}_"
         results.update({f"{b}{name}_examples_per_s": round(rates.median(name)) for name in rates})
@@ -280,7 +293,8 @@ def distribution() -> dict:
     results = {}
     for batch_size in BATCH_SIZES:
         many = cached_trainer("mirrored", cpu_replicas, batch_size)
-        rates = measure({"one": cached_trainer("one_device", 1, batch_size), "many": many})
+        rates = measure({"one": cached_trainer("one_device", 1, batch_size), "many": many},
+                        label=f"[distribution] batch {batch_size}")
         b, n = f"b{batch_size}_", f"{many.replicas}rep"
         results[b + "1rep_examples_per_s"] = round(rates.median("one"))
         results[b + f"{n}_examples_per_s"] = round(rates.median("many"))
@@ -296,7 +310,8 @@ def ceiling() -> dict:
     batch_size = BATCH_SIZES[-1]
     ours = cached_trainer("one_device", 1, batch_size)
     device = distribute.create_strategy("one_device").extended.worker_devices[0]
-    rates = measure({"matmul": MatmulChain(device), "ours": ours})
+    rates = measure({"matmul": MatmulChain(device), "ours": ours},
+                    label=f"[ceiling] batch {batch_size}")
     achieved = rates.median("ours") * flops_per_example()
     over_matmul = rates.ratio("ours", "matmul") * flops_per_example()
     b = f"b{batch_size}_"
@@ -316,6 +331,7 @@ def memory(epochs: int = 5) -> dict:
     ours = cached_trainer("one_device", 1, BATCH_SIZES[0])
     rss = {}
     for epoch in range(1, epochs + 1):
+        logging.info("[memory] epoch %d/%d", epoch, epochs)
         ours.run()
         rss[epoch] = psutil.Process().memory_info().rss / 2**20
     return {
@@ -337,6 +353,7 @@ def time_to_accuracy(config: TrainConfig = TrainConfig()) -> dict:
     seconds = dict.fromkeys(trainers, 0.0)
     best = dict.fromkeys(trainers, 0.0)
     reached = {}
+    target = f"{TARGET_ACCURACY:.1%}"
     for epoch in range(1, config.epochs + 1):
         for name, trainer in trainers.items():
             if name in reached:
@@ -345,7 +362,11 @@ def time_to_accuracy(config: TrainConfig = TrainConfig()) -> dict:
             best[name] = max(best[name], trainer.test_accuracy())
             if best[name] >= TARGET_ACCURACY:
                 reached[name] = epoch
-    target = f"{TARGET_ACCURACY:.1%}"
+        logging.info("[time_to_accuracy] epoch %d of at most %d: best test accuracy %s "
+                     "(target %s)", epoch, config.epochs,
+                     ", ".join(f"{name} {best[name]:.2%}" for name in trainers), target)
+        if len(reached) == len(trainers):
+            break
     results = {}
     for name in trainers:
         if name in reached:
