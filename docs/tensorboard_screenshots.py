@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import urllib.parse
 import urllib.request
 
 from absl import app, flags, logging
+
+from launch.ports import free_ports
 
 flags.DEFINE_string("logdir", None,
                     "Runs to show. If unset or without runs, a short training run and the "
@@ -71,16 +72,10 @@ def has_runs(logdir: str) -> bool:
                for _, _, names in os.walk(logdir) for name in names)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def tensorboard(logdir: str, log_path: str, timeout: float = 120.0):
     """The real TensorBoard on 127.0.0.1, done loading `logdir`; yields its URL."""
-    port = _free_port()
+    [port] = free_ports(1)
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         # A blocking, one-off load: the server answers only once every run is read, and no

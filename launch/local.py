@@ -4,21 +4,27 @@
 
 Each worker is `python -m trainer.train --strategy=multi_worker <trainer flags>` with its own
 TF_CONFIG naming every worker on a free loopback port, exactly what a cluster scheduler sets on
-real machines. Output is streamed with a `[worker i]` prefix. If any worker fails, the others are
-stopped at once and the launcher exits with that worker's code: a job never hangs waiting on a
-dead peer.
+real machines. The trainer flags are checked before any worker starts: a misspelt one, or
+--strategy (set here), is one line `launch.local: error: ...`. Output is streamed with a
+`[worker i]` prefix. If any worker fails, the others are stopped at once and the launcher exits
+with that worker's code: a job never hangs waiting on a dead peer.
 """
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
+# Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
+# terminal shows of it.
+import trainer.terminal
+
 from absl import app, flags, logging
+
+from launch.ports import free_ports
+from launch.trainer_args import LaunchError, check_trainer_args
 
 flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
 flags.DEFINE_float("grace_seconds", 10.0,
@@ -27,17 +33,8 @@ flags.DEFINE_float("grace_seconds", 10.0,
 
 FLAGS = flags.FLAGS
 
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out as free on 127.0.0.1 (held open together so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+# {trainer flag: where the launcher sets it}, for the error that refuses it after `--`.
+SET_BY_LOCAL = {"strategy": "launch.local (--strategy=multi_worker)"}
 
 
 def tf_configs(ports: list[int]) -> list[str]:
@@ -55,8 +52,14 @@ def _stream(prefix: str, stream, sink) -> None:
 
 def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10.0,
             sink=sys.stdout, env: dict | None = None) -> int:
-    """Starts the workers, streams their output, and returns the job's exit code."""
-    base_env = dict(os.environ if env is None else env)
+    """Starts the workers, streams their output, and returns the job's exit code.
+
+    Raises LaunchError, naming the flag, before any worker starts if a trainer flag is not
+    one or is set here. `env` defaults to the environment the user gave this launcher
+    (trainer.terminal.user_environ): each worker sets up its terminal from its own flags.
+    """
+    trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL)
+    base_env = dict(trainer.terminal.user_environ() if env is None else env)
     workers = []
     for index, tf_config in enumerate(tf_configs(free_ports(num_workers))):
         process = subprocess.Popen(
@@ -101,7 +104,12 @@ def _stop(workers, grace_seconds: float) -> None:
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)
-    sys.exit(run_job(FLAGS.workers, argv[1:], FLAGS.grace_seconds))
+    try:
+        code = run_job(FLAGS.workers, argv[1:], FLAGS.grace_seconds)
+    except LaunchError as e:
+        # One line naming the flag; no worker started.
+        sys.exit(f"launch.local: error: {e}")
+    sys.exit(code)
 
 
 if __name__ == "__main__":

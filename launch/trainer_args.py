@@ -12,6 +12,9 @@ from trainer.config import TrainConfig
 
 # {trainer flag: the type of its TrainConfig field}.
 TRAINER_FLAGS = {field.name: field.type for field in dataclasses.fields(TrainConfig)}
+# absl's flag for how much a trainer's terminal shows (trainer/terminal.py): it changes nothing
+# a run computes or writes, so a launcher passes it through too.
+TERMINAL_FLAGS = ("verbosity",)
 
 
 class LaunchError(ValueError):
@@ -20,7 +23,7 @@ class LaunchError(ValueError):
 
 def check_trainer_args(args: list[str], set_by_launcher: dict[str, str]) -> list[str]:
     """Returns `args` (trainer flags given after `--`) once each is a trainer flag that the
-    launcher does not set itself (see check_trainer_flag)."""
+    launcher does not set itself (see check_trainer_flag), or --verbosity."""
     for arg in args:
         match = re.fullmatch(r"--(\w+)(=.*)?", arg)
         if not match:
@@ -29,6 +32,8 @@ def check_trainer_args(args: list[str], set_by_launcher: dict[str, str]) -> list
         name = match.group(1)
         if name.startswith("no") and TRAINER_FLAGS.get(name[2:]) is bool:  # --nodeterministic
             name = name[2:]
+        if name in TERMINAL_FLAGS:
+            continue
         check_trainer_flag(name, f"trainer argument {arg}", set_by_launcher)
     return list(args)
 
