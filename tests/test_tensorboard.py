@@ -2,16 +2,14 @@
 
 import dataclasses
 import json
-import os
 import pathlib
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
+from tests.toolkit import free_port, start_module
 from trainer.config import TrainConfig
 from trainer.convergence.suite import SuiteSettings, run_and_report
 from trainer.train_lib import train_and_evaluate
@@ -19,12 +17,6 @@ from trainer.train_lib import train_and_evaluate
 TRAIN = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(32,), batch_size=1000,
                     epochs=1, warmup_epochs=0.0, steps_per_loop=10, profile_steps=(10, 20),
                     data_source="bundled", run_name="train")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str):
@@ -38,11 +30,9 @@ def server(tmp_path_factory):
     train_and_evaluate(dataclasses.replace(TRAIN, logdir=str(logdir)))
     run_and_report(SuiteSettings(max_iters=50), str(logdir / "convergence"))
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1",
-         f"--port={port}", "--load_fast=false", "--reload_interval=1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    process = start_module("tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1",
+                           f"--port={port}", "--load_fast=false", "--reload_interval=1",
+                           stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
