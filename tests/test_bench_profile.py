@@ -39,11 +39,20 @@ def test_matmuls_and_the_xla_compiled_update_are_found(profile):
     assert profile["b1000_ms_per_step"] > 0
 
 
-def test_top_ops_name_a_type_and_its_share(profile):
-    top = [profile[f"b1000_top{rank}_op"] for rank in range(1, bench_profile.TOP_OPS + 1)]
-    for entry in top:
-        kind, percent = entry.rsplit(" ", 1)
-        assert kind and percent.endswith("%") and 0 <= int(percent[:-1]) <= 100
+def test_top_ops_are_the_largest_op_types_in_decreasing_order(profile):
+    top = [profile[f"b1000_top{rank}_op"].rsplit(" ", 1)
+           for rank in range(1, bench_profile.TOP_OPS + 1)]
+    kinds = [kind for kind, _ in top]
+    shares = [int(percent.removesuffix("%")) / 100 for _, percent in top]
+    assert len(set(kinds)) == len(kinds)  # Each op type once.
+    assert shares == sorted(shares, reverse=True) and shares[-1] > 0
+    rounding = 0.005  # Each share is shown rounded to a whole percent.
+    assert sum(shares) <= 1 + rounding * len(shares)
+    # A step of this MLP is mostly matmuls: some are among the top types, and those types
+    # hold no more than the matmul group they belong to.
+    matmuls = [share for kind, share in zip(kinds, shares) if "MatMul" in kind]
+    assert matmuls, kinds
+    assert sum(matmuls) <= profile["b1000_share_matmul"] + rounding * len(matmuls)
 
 
 def test_a_kept_trace_is_reported_and_on_disk(profile):

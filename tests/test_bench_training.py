@@ -6,7 +6,7 @@ import itertools
 import pytest
 import tensorflow as tf
 
-from trainer import distribute
+from trainer import distribute, optimizers
 from trainer.bench import training as bench_training
 from trainer.config import TrainConfig
 
@@ -46,21 +46,35 @@ def test_time_to_accuracy_reports_a_target_missed_and_the_best_accuracy():
     assert "keras_seconds_over_ours" not in results
 
 
-def test_our_trainer_on_two_replicas_runs_an_epoch_of_whole_batches():
+def test_our_trainer_on_two_replicas_trains_an_epoch_of_whole_batches():
+    # Calls of 20 steps, as the trainer runs them: 20 + 20 + 10 make the epoch's 50.
     trainer = bench_training.OurTrainer(
         distribute.create_strategy("mirrored", 2),
-        dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000))
+        dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000,
+                            steps_per_loop=20))
     assert trainer.replicas == 2
-    assert trainer.work == 50_000
-    assert trainer.run() > 0
+    assert trainer.steps_per_epoch == 50 and trainer.work == 50_000
+    assert int(trainer.state.optimizer.iterations.numpy()) == 0
+    trainer.run()
+    assert int(trainer.state.optimizer.iterations.numpy()) == 50
     assert trainer.test_accuracy() > 0.5
 
 
 @pytest.mark.parametrize("optimizer", ["gd", "adam"])
-def test_a_fixed_batch_loop_trains_as_many_examples_as_an_epoch(optimizer):
+def test_a_fixed_batch_loop_trains_as_many_examples_as_an_epoch(optimizer, monkeypatch):
+    created = []
+
+    def create(*args, **kwargs):  # The loop's optimizer, kept to read its step counter.
+        created.append(create_optimizer(*args, **kwargs))
+        return created[-1]
+
+    create_optimizer = optimizers.create
+    monkeypatch.setattr(optimizers, "create", create)
     yardstick = bench_training.FixedBatchLoop(
         dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000), optimizer)
-    assert yardstick.work == 50_000
+    [loop_optimizer] = created
+    assert yardstick.steps == 50 and yardstick.work == 50_000
     first = float(yardstick.loop(tf.constant(1)))
-    assert yardstick.run() > 0
+    yardstick.run()
+    assert int(loop_optimizer.iterations) == 1 + 50  # run() is an epoch's 50 steps.
     assert float(yardstick.loop(tf.constant(1))) < first  # 51 steps on one batch fit it.
