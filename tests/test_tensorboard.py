@@ -9,7 +9,8 @@ import urllib.request
 
 import pytest
 
-from tests.toolkit import free_port, start_module
+from launch.ports import free_ports
+from tests.toolkit import start_module
 from trainer.config import TrainConfig
 from trainer.convergence.suite import SuiteSettings, run_and_report
 from trainer.train_lib import train_and_evaluate
@@ -29,7 +30,7 @@ def server(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("tensorboard")
     train_and_evaluate(dataclasses.replace(TRAIN, logdir=str(logdir)))
     run_and_report(SuiteSettings(max_iters=50), str(logdir / "convergence"))
-    port = free_port()
+    [port] = free_ports(1)
     process = start_module("tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1",
                            f"--port={port}", "--load_fast=false", "--reload_interval=1",
                            stdout=subprocess.DEVNULL)

@@ -1,5 +1,6 @@
 """What the tests share: the repository, our programs as subprocesses, what a run wrote (events
-and checkpoints), free ports, and trainer command lines built from a TrainConfig.
+and checkpoints), and trainer command lines built from a TrainConfig. (Free ports come from
+launch/ports.py, as for the launchers.)
 
 A plain module rather than conftest.py, so that a test imports what it uses by name
 (`from tests.toolkit import run_module`); pytest discourages importing conftest.py itself.
@@ -9,7 +10,6 @@ import dataclasses
 import glob
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -55,13 +55,6 @@ def run_module(module: str, *args, timeout: float = 300,
                **popen_options) -> subprocess.CompletedProcess:
     """Runs `python -m <module> <args>` to its end (see start_module)."""
     return finish(start_module(module, *args, **popen_options), timeout)
-
-
-def free_port() -> int:
-    """A TCP port the kernel hands out as free on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Trainer command lines.
