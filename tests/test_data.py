@@ -1,5 +1,6 @@
 """The bundled MNIST files, the sources, and the input pipelines."""
 
+import gzip
 import shutil
 
 import numpy as np
@@ -33,11 +34,18 @@ def test_bundled_splits_follow_the_core_api_tutorial(bundled):
     np.testing.assert_array_equal(bundled.validation.images, train_images[:10_000])
 
 
-def test_idx_encoding_round_trips(tmp_path):
+def test_idx_encoding_round_trips_through_the_reader(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     raw = build_mnist.idx_bytes(array)
-    assert raw[:4] == b"\x00\x00\x08\x03"
+    assert raw[:4] == b"\x00\x00\x08\x03"  # Magic: unsigned bytes, 3 dimensions.
     assert np.array_equal(np.frombuffer(raw, np.uint8, offset=16).reshape(2, 3, 4), array)
+    # The reader checks each file against its published sum, so the round trip goes through the
+    # real files: read, encode again, write, read back. Labels (1 dimension), images (3).
+    for name in ("t10k-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        shipped = mnist._read_idx(build_mnist.DATA_DIR / f"{name}.gz")
+        with gzip.open(tmp_path / f"{name}.gz", "wb", compresslevel=1) as f:
+            f.write(build_mnist.idx_bytes(shipped))
+        np.testing.assert_array_equal(mnist._read_idx(tmp_path / f"{name}.gz"), shipped)
 
 
 def test_a_corrupted_bundled_file_is_named(tmp_path):
@@ -74,10 +82,33 @@ def test_train_batches_are_a_pure_function_of_seed_and_epoch(bundled):
     assert all(np.array_equal(a, b) for a, b in zip(epoch_1, first_batches(1, first_epoch=1)))
 
 
-def test_an_epoch_visits_each_training_example_once(bundled):
-    order = mnist.epoch_order(len(bundled.train), seed=0, epoch=tf.constant(3)).numpy()
-    assert sorted(order) == list(range(len(bundled.train)))
-    images, labels = next(iter(mnist.train_dataset(bundled.train, 64, seed=0)))
+def test_an_epoch_of_the_train_pipeline_visits_each_example_once(bundled):
+    # The bundled training split, each image replaced by its index (in its first two pixels),
+    # so that a batch tells which examples it holds.
+    count = len(bundled.train)
+    index_images = np.zeros((count, 28, 28), np.uint8)
+    index_images[:, 0, 0], index_images[:, 0, 1] = np.arange(count) % 256, np.arange(count) // 256
+    split = mnist.Split(index_images, bundled.train.labels)
+    batch_size = 500  # 100 whole batches an epoch.
+
+    def epoch(first_epoch):
+        batches = mnist.train_dataset(split, batch_size, seed=0, first_epoch=first_epoch)
+        indices, labels = [], []
+        for images, batch_labels in batches.take(count // batch_size):
+            pixels = np.rint(images.numpy()[:, :2] * 255).astype(np.int64)
+            indices.append(pixels[:, 0] + 256 * pixels[:, 1])
+            labels.append(batch_labels.numpy())
+        return np.concatenate(indices), np.concatenate(labels)
+
+    indices, labels = epoch(0)
+    assert sorted(indices) == list(range(count))
+    np.testing.assert_array_equal(labels, bundled.train.labels[indices])  # Each with its label.
+    assert not np.array_equal(indices, np.arange(count))  # Shuffled,
+    assert not np.array_equal(epoch(1)[0], indices)  # and anew each epoch.
+    # The order is the epoch's permutation of the examples.
+    np.testing.assert_array_equal(
+        indices, mnist.epoch_order(count, seed=0, epoch=tf.constant(0)).numpy())
+    images, _ = next(iter(mnist.train_dataset(bundled.train, 64, seed=0)))
     assert images.shape == (64, 784) and images.dtype == tf.float32
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
 
