@@ -164,3 +164,50 @@ def test_the_xla_compiled_rule_takes_the_op_by_op_rule_steps(name):
     paths = [run_steps(create(name, 0.01, jit_compile=jit), grads, start)
              for jit in (True, False)]
     np.testing.assert_allclose(*paths, rtol=1e-5, atol=1e-6)
+
+
+# Optax's test functions: each optimizer, in a compiled loop, must reach a known minimum.
+
+def quadratic(x):
+    """0.5 * (1 (x0 - 3)^2 + 5 (x1 + 2)^2): minimum 0 at (3, -2)."""
+    return 0.5 * tf.reduce_sum(tf.constant([1.0, 5.0]) * (x - tf.constant([3.0, -2.0])) ** 2)
+
+
+def rosenbrock(x):
+    """(1 - x0)^2 + 100 (x1 - x0^2)^2: minimum 0 at (1, 1), at the end of a long curved valley."""
+    return (1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
+
+
+TEST_FUNCTIONS = [  # (optimizer, loss, start, its minimum, learning rate, steps, tolerance)
+    ("gd", quadratic, (0.0, 0.0), (3.0, -2.0), 0.1, 200, 1e-4),
+    ("momentum", quadratic, (0.0, 0.0), (3.0, -2.0), 0.05, 200, 1e-4),
+    ("adam", quadratic, (0.0, 0.0), (3.0, -2.0), 0.05, 1000, 1e-4),
+    # Rosenbrock's classic start; gradient descent needs a small rate in the valley's steep walls.
+    ("gd", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 2e-3, 10_000, 1e-3),
+    ("momentum", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 1e-3, 10_000, 1e-3),
+    ("adam", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 1e-2, 10_000, 1e-3),
+]
+
+
+@pytest.mark.parametrize("name, loss, start, minimum, learning_rate, steps, tolerance",
+                         TEST_FUNCTIONS, ids=[f"{case[0]}-{case[1].__name__}"
+                                              for case in TEST_FUNCTIONS])
+def test_reaches_the_minimum_of_a_test_function_in_a_compiled_loop_traced_once(
+        name, loss, start, minimum, learning_rate, steps, tolerance):
+    x = tf.Variable(np.array(start, np.float32))
+    optimizer = create(name, learning_rate)
+    optimizer.build([x])
+
+    @tf.function
+    def minimize(num_steps):
+        for _ in tf.range(num_steps):
+            with tf.GradientTape() as tape:
+                value = loss(x)
+            optimizer.apply_gradients(tape.gradient(value, [x]), [x])
+
+    minimize(tf.constant(steps // 2))
+    minimize(tf.constant(steps - steps // 2))  # Another count, the same trace.
+    assert minimize.experimental_get_tracing_count() == 1
+    assert int(optimizer.iterations) == steps
+    np.testing.assert_allclose(x.numpy(), minimum, rtol=0, atol=tolerance)
+    assert float(loss(x)) < tolerance
