@@ -2,7 +2,8 @@
 
 TensorFlow fixes its devices when it first starts, so the split happens here, once, before any
 test runs: MirroredStrategy then has several replicas on a machine without GPUs, exactly the
-code path a multi-GPU machine takes.
+code path a multi-GPU machine takes. What the tests share (our programs as subprocesses, event
+and checkpoint readers, command lines from a TrainConfig) is in tests/toolkit.py.
 """
 
 import os

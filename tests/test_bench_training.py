@@ -10,6 +10,9 @@ from trainer import distribute, optimizers
 from trainer.bench import training as bench_training
 from trainer.config import TrainConfig
 
+# 50 steps an epoch of a small model.
+SMALL = TrainConfig(hidden_sizes=(16,), batch_size=1000)
+
 
 def test_flops_per_example_matches_the_hand_count():
     # forward 2*(784*700 + 700*500 + 500*10), weight grads the same, input grads of layers 2-3.
@@ -36,8 +39,7 @@ def test_measure_skips_the_warm_up_run_and_pairs_rounds_for_ratios():
 
 
 def test_time_to_accuracy_reports_a_target_missed_and_the_best_accuracy():
-    config = dataclasses.replace(TrainConfig(), hidden_sizes=(16,), epochs=1, batch_size=1000,
-                                 warmup_epochs=0.0)
+    config = dataclasses.replace(SMALL, epochs=1, warmup_epochs=0.0)
     results = bench_training.time_to_accuracy(config)
     for name in ("ours", "keras"):
         assert results[f"{name}_epochs_to_98.5%"] == "not in 1"
@@ -48,10 +50,8 @@ def test_time_to_accuracy_reports_a_target_missed_and_the_best_accuracy():
 
 def test_our_trainer_on_two_replicas_trains_an_epoch_of_whole_batches():
     # Calls of 20 steps, as the trainer runs them: 20 + 20 + 10 make the epoch's 50.
-    trainer = bench_training.OurTrainer(
-        distribute.create_strategy("mirrored", 2),
-        dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000,
-                            steps_per_loop=20))
+    trainer = bench_training.OurTrainer(distribute.create_strategy("mirrored", 2),
+                                        dataclasses.replace(SMALL, steps_per_loop=20))
     assert trainer.replicas == 2
     assert trainer.steps_per_epoch == 50 and trainer.work == 50_000
     assert int(trainer.state.optimizer.iterations.numpy()) == 0
@@ -70,8 +70,7 @@ def test_a_fixed_batch_loop_trains_as_many_examples_as_an_epoch(optimizer, monke
 
     create_optimizer = optimizers.create
     monkeypatch.setattr(optimizers, "create", create)
-    yardstick = bench_training.FixedBatchLoop(
-        dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000), optimizer)
+    yardstick = bench_training.FixedBatchLoop(SMALL, optimizer)
     [loop_optimizer] = created
     assert yardstick.steps == 50 and yardstick.work == 50_000
     first = float(yardstick.loop(tf.constant(1)))
