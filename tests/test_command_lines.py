@@ -55,7 +55,8 @@ CASES = [
     BadInput("trainer.train", "--nonfinite_retries=-1",
              "trainer.train: error: --nonfinite_retries=-1: must be 0 or more"),
     BadInput("trainer.train", "--warmup_epochs=10",
-             "trainer.train: error: --warmup_epochs=10.0: must be at least 0 and less than --epochs"),
+             "trainer.train: error: --warmup_epochs=10.0: must be at least 0 and less than "
+             "--epochs"),
     BadInput("trainer.train", "--strategy=multi_worker",
              "trainer.train: error: TF_CONFIG is not set"),
     BadInput("trainer.train", "--strategy=multi_worker",

@@ -1,4 +1,5 @@
-"""The sweep launcher, running real tiny sweeps of the real trainer, and its command line's errors."""
+"""The sweep launcher, running real tiny sweeps of the real trainer, and its checks of a grid.
+(Its command line's errors are in test_command_lines.py.)"""
 
 import dataclasses
 import glob
@@ -93,9 +94,10 @@ def test_tensorboard_hparams_dashboard_shows_the_sweep(sweep):
     assert domains == {"optimizer": ["adam", "momentum"], "learning_rate": [0.001, 0.003]}
     assert [info.name.tag for info in experiment.metric_infos] == list(METRICS)
 
-    groups = list_session_groups.Handler(request, plugin_context, "", api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=10, allowed_statuses=[api_pb2.STATUS_UNKNOWN],
-        aggregation_type=api_pb2.AGGREGATION_AVG)).run().session_groups
+    groups = list_session_groups.Handler(
+        request, plugin_context, "", api_pb2.ListSessionGroupsRequest(
+            start_index=0, slice_size=10, allowed_statuses=[api_pb2.STATUS_UNKNOWN],
+            aggregation_type=api_pb2.AGGREGATION_AVG)).run().session_groups
     assert sorted(group.name for group in groups) == sorted(RUNS)
     for group in groups:
         recorded = json.loads((sweep_dir / group.name / RESULT_FILE).read_text())
