@@ -108,6 +108,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
             and "chief" not in resolver.cluster_spec().jobs)
 
 
+def describe(strategy: tf.distribute.Strategy) -> str:
+    """One line for the log: the strategy, its replicas, this worker and its devices."""
+    worker = "" if is_chief(strategy) else f" (worker {worker_id(strategy)})"
+    return (f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+            f"{worker}: {', '.join(strategy.extended.worker_devices)}")
+
+
 def worker_id(strategy: tf.distribute.Strategy) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     return resolver.task_id if resolver is not None and resolver.task_id is not None else 0

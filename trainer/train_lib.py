@@ -22,7 +22,7 @@ from trainer.export import export
 from trainer.inputs import Inputs
 from trainer.metrics_writer import MetricsWriter
 from trainer.progress import Progress
-from trainer.train_state import NonFiniteError, build_train_state
+from trainer.train_state import NonFiniteError, TrainState, build_train_state
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
@@ -49,10 +49,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
         tf.config.experimental.enable_op_determinism()
     strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
     chief = distribute.is_chief(strategy)  # Only the chief writes files of the run.
-    logging.info("%s with %d replica(s)%s: %s", type(strategy).__name__,
-                 strategy.num_replicas_in_sync,
-                 "" if chief else f" (worker {distribute.worker_id(strategy)})",
-                 ", ".join(strategy.extended.worker_devices))
+    logging.info("%s", distribute.describe(strategy))
 
     # Input pipeline.
     data = mnist.load(config.data_source, config.data_dir)
@@ -63,6 +60,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     # Run directory, once the settings are known to work: same settings, same directory, so
     # a rerun resumes (and must compute the same thing).
     run_dir = prepare_run_dir(config)
+    if chief:
+        run_files.write_flags(run_dir, config.flagfile())  # Kept as is on a resumption.
 
     # Train state: model, optimizer, metrics and compiled loops, under the strategy's scope.
     state = build_train_state(strategy, config, steps_per_epoch)
@@ -70,48 +69,20 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     # Checkpoint: resume from the newest readable one in the run directory.
     checkpoints = RunCheckpoints(state.checkpoint(), os.path.join(run_dir, CHECKPOINT_DIR),
                                  config.max_checkpoints, chief, distribute.worker_id(strategy))
-
-    def resume() -> int:
-        path = checkpoints.restore_latest()
-        if path:
-            logging.info("resumed from %s at step %d", path, state.step)
-        return state.step
-
-    step = resume()
-    if chief:
-        run_files.write_flags(run_dir, config.flagfile())  # Kept as is on a resumption.
+    run = Resumable(state, inputs, checkpoints, config.nonfinite_retries)
+    step = run.resume()
     writer = MetricsWriter(run_dir, is_chief=chief)
     writer.write_text(step, {"config/flags": "```\n" + config.flagfile() + "```"})
 
     # Train loop: compiled runs of steps; between them the periodic actions, each with its
-    # own cadence, and a stop on SIGTERM or divergence.
-    batches = inputs.train_batches(step)
-    retries_left = config.nonfinite_retries
-
-    def train(step, num_steps):
-        return state.train(batches, num_steps)
-
-    def recover(error: NonFiniteError) -> int:
-        # Nothing of the failed run was saved: the last good checkpoint stays.
-        nonlocal batches, retries_left
-        if not retries_left or not checkpoints.latest:
-            raise DivergenceError(f"{error}; stopping. The latest checkpoint, "
-                                  f"{checkpoints.latest}, holds no NaN.") from None
-        retries_left -= 1
-        logging.warning("%s; restoring the last good checkpoint (%d retries left)",
-                        error, retries_left)
-        step = resume()
-        batches = inputs.train_batches(step)
-        return step
-
-    validation, validation_batches = inputs.eval_set("validation")
+    # own cadence; a stop on SIGTERM, and on divergence once the retries are spent.
     with preemption.watch(strategy, checkpoints) as sigterm:
         periodic = [
             actions.WriteTrainScalars(writer),
             actions.WriteGraph(writer),
             actions.WriteHistograms(config.histogram_every_steps or steps_per_epoch, state,
                                     writer),
-            actions.Evaluate(steps_per_epoch, state, validation, validation_batches, writer),
+            actions.Evaluate(steps_per_epoch, state, *inputs.eval_set("validation"), writer),
             actions.WriteMisclassified(steps_per_epoch, state, data.validation, writer),
             actions.ReportProgress(Progress(step, total_steps, steps_per_epoch, enabled=chief)),
             actions.SaveCheckpoint([steps_per_epoch, config.checkpoint_every_steps],
@@ -120,9 +91,9 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
         ]
         if chief and config.profile_steps:
             periodic.append(actions.Profile(run_dir, *config.profile_steps))
-        step = Controller(train, periodic, total_steps, config.steps_per_loop,
+        step = Controller(run.train, periodic, total_steps, config.steps_per_loop,
                           stop_requested=lambda: sigterm.requested,
-                          recoverable=NonFiniteError, recover=recover).run(step)
+                          recoverable=(NonFiniteError,), recover=run.recover).run(step)
     if step < total_steps:
         writer.close()
         raise preemption.Preempted(f"SIGTERM: stopped at step {step} of {total_steps} with a "
@@ -134,17 +105,56 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     writer.close()
     # Every worker holds the same weights; this line lets a person (and a test) check it.
     logging.info("weights fingerprint at step %d: %s", step, weights_fingerprint(state.model))
-    export_dir = os.path.join(run_dir, EXPORT_DIR, str(step))
     result = TrainResult(run_dir=run_dir, steps=step, test_accuracy=test["accuracy"],
-                         test_loss=test["loss"], export_dir=export_dir)
+                         test_loss=test["loss"],
+                         export_dir=os.path.join(run_dir, EXPORT_DIR, str(step)))
     if chief:
-        if os.path.exists(export_dir):
-            logging.info("export for step %d already in %s; kept as it is", step, export_dir)
-        else:
-            export(state.model, export_dir)
-            logging.info("exported SavedModel to %s", export_dir)
+        export_once(state.model, result.export_dir)
         run_files.write_result(run_dir, result)
     return result
+
+
+class Resumable:
+    """The train state and its batches, positioned at the newest readable checkpoint: where a
+    run starts, and where it goes back to when a compiled run of steps diverges."""
+
+    def __init__(self, state: TrainState, inputs: Inputs, checkpoints: RunCheckpoints,
+                 retries: int):
+        self.state, self.inputs, self.checkpoints = state, inputs, checkpoints
+        self.retries_left = retries
+        self.batches = None
+
+    def resume(self) -> int:
+        """Restores the newest readable checkpoint (if any); returns its step."""
+        path = self.checkpoints.restore_latest()
+        if path:
+            logging.info("resumed from %s at step %d", path, self.state.step)
+        self.batches = self.inputs.train_batches(self.state.step)
+        return self.state.step
+
+    def train(self, step: int, num_steps: int) -> dict:
+        return self.state.train(self.batches, num_steps)
+
+    def recover(self, error: NonFiniteError) -> int:
+        """Back to the last good checkpoint (nothing of the failed run was saved), or raises
+        DivergenceError once the retries are spent."""
+        if not self.retries_left or not self.checkpoints.latest:
+            raise DivergenceError(f"{error}; stopping. The latest checkpoint, "
+                                  f"{self.checkpoints.latest}, holds no NaN.") from None
+        self.retries_left -= 1
+        logging.warning("%s; restoring the last good checkpoint (%d retries left)",
+                        error, self.retries_left)
+        return self.resume()
+
+
+def export_once(model: tf.Module, export_dir: str) -> None:
+    """Exports the SavedModel, unless a rerun of a finished run finds it there already."""
+    if os.path.exists(export_dir):
+        logging.info("export for step %s already in %s; kept as it is",
+                     os.path.basename(export_dir), export_dir)
+    else:
+        export(model, export_dir)
+        logging.info("exported SavedModel to %s", export_dir)
 
 
 def prepare_run_dir(config: TrainConfig) -> str:
