@@ -20,25 +20,36 @@ def glorot_uniform(shape: Sequence[int], seed: tf.Tensor) -> tf.Tensor:
 
 
 class Dense(tf.Module):
-    """y = activation(x @ w + b) with Glorot-uniform `w` and zero `b`."""
+    """y = activation(x @ w + b) with Glorot-uniform `w` and zero `b`.
+
+    The variables are float32; the layer computes in `compute_dtype`, casting its weights on the
+    way in (mixed precision: the casts' gradients come back as float32 for the optimizer).
+    """
 
     def __init__(self, in_features: int, out_features: int, seed: tf.Tensor,
-                 activation=tf.identity, name: str | None = None):
+                 activation=tf.identity, compute_dtype: tf.DType = tf.float32,
+                 name: str | None = None):
         super().__init__(name=name)
-        self.activation = activation
+        self.activation, self.compute_dtype = activation, compute_dtype
         with self.name_scope:
             self.w = tf.Variable(glorot_uniform([in_features, out_features], seed), name="w")
             self.b = tf.Variable(tf.zeros([out_features]), name="b")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return self.activation(tf.matmul(x, self.w) + self.b)
+        w, b = (tf.cast(v, self.compute_dtype) for v in (self.w, self.b))
+        return self.activation(tf.matmul(tf.cast(x, self.compute_dtype), w) + b)
 
 
 class MLP(tf.Module):
-    """ReLU hidden layers and a linear output layer that returns logits."""
+    """ReLU hidden layers and a linear output layer that returns float32 logits.
+
+    `compute_dtype` (float32, bfloat16 or float16) is what the layers compute in; the weights
+    stay float32 and the logits come back as float32, so the softmax, the loss and whatever
+    reads the logits see float32 whatever the precision.
+    """
 
     def __init__(self, input_size: int, hidden_sizes: Sequence[int], num_classes: int,
-                 seed: int = 0, name: str = "mlp"):
+                 seed: int = 0, compute_dtype: tf.DType = tf.float32, name: str = "mlp"):
         super().__init__(name=name)
         if not hidden_sizes or min(hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be positive integers, got {list(hidden_sizes)}")
@@ -47,10 +58,10 @@ class MLP(tf.Module):
             self.layers = [
                 Dense(fan_in, fan_out, seed=tf.constant([seed, index], tf.int64),
                       activation=tf.nn.relu if index < len(hidden_sizes) else tf.identity,
-                      name=f"dense_{index}")
+                      compute_dtype=compute_dtype, name=f"dense_{index}")
                 for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))]
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         for layer in self.layers:
             x = layer(x)
-        return x
+        return tf.cast(x, tf.float32)

@@ -33,6 +33,9 @@ class WriteTrainScalars(Action):
             "optim/learning_rate": train["learning_rate"], "optim/grad_norm": train["grad_norm"],
             "optim/param_norm": train["param_norm"],
             "perf/examples_per_sec": train["examples_per_sec"]})
+        if "loss_scale" in train:  # mixed_float16's dynamic loss scaling.
+            self.writer.write_scalars(step, {"optim/loss_scale": train["loss_scale"],
+                                             "optim/skipped_steps": train["skipped_steps"]})
 
 
 class WriteGraph(Action):

@@ -13,12 +13,16 @@ from data.mnist import SOURCES
 from trainer.distribute import STRATEGIES
 from trainer.optimizers import OPTIMIZERS, SCHEDULES
 
+# Keras's policy names. Mixed: float32 variables and optimizer state, compute in the other dtype.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+_PRECISION_SUFFIX = {"float32": "", "mixed_bfloat16": "_bf16", "mixed_float16": "_fp16"}
+
 
 # The settings that decide what a run computes. A run directory belongs to one set of them:
 # resuming it with others would silently mix two experiments. The rest (devices, logging
 # cadence, where data comes from) may change between a run and its resumption.
 RESULT_FIELDS = ("optimizer", "learning_rate", "lr_schedule", "warmup_epochs", "batch_size",
-                 "epochs", "hidden_sizes", "seed")
+                 "epochs", "hidden_sizes", "seed", "precision")
 
 
 class ConfigError(ValueError):
@@ -46,6 +50,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: at epoch ends only.
     deterministic: bool = False
     xla_update: bool = True  # False: the optimizer's update runs op by op.
+    precision: str = "float32"  # Or mixed_bfloat16, mixed_float16 (with loss scaling).
+    jit_compile: bool = False  # XLA-compile each replica's forward and backward pass.
     nonfinite_retries: int = 0  # Restores of the last good checkpoint before giving up.
     histogram_every_steps: int = 0  # 0: at epoch ends.
     profile_steps: tuple[int, ...] = ()  # (start, end): profile those steps.
@@ -69,6 +75,8 @@ class TrainConfig:
         need(len(self.hidden_sizes) > 0 and min(self.hidden_sizes) >= 1, "hidden_sizes",
              "must be a comma-separated list of positive layer widths, e.g. 700,500")
         need(self.steps_per_loop >= 1, "steps_per_loop", "must be at least 1")
+        need(self.precision in PRECISIONS, "precision",
+             f"must be one of {', '.join(PRECISIONS)}")
         need(self.data_source in SOURCES, "data_source", f"must be one of {', '.join(SOURCES)}")
         need(self.max_checkpoints >= 1, "max_checkpoints", "must be at least 1")
         need(self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
@@ -90,7 +98,8 @@ class TrainConfig:
         hidden = "x".join(map(str, self.hidden_sizes))
         warmup = f"_w{self.warmup_epochs:g}" if self.warmup_epochs else ""
         return (f"mlp{hidden}_{self.optimizer}_lr{self.learning_rate:g}_{self.lr_schedule}"
-                f"{warmup}_b{self.batch_size}_e{self.epochs}_s{self.seed}")
+                f"{warmup}_b{self.batch_size}_e{self.epochs}_s{self.seed}"
+                f"{_PRECISION_SUFFIX[self.precision]}")
 
     def as_flags(self, fields=None) -> dict[str, str]:
         """{flag name: value as typed on a command line}, for every field or those given."""

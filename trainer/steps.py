@@ -16,17 +16,29 @@ def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
 
 def make_train_step(model: tf.Module, optimizer: Optimizer, metrics: ClassificationMetrics,
-                    global_batch_size: int):
-    """Returns train_step(images, labels): one synchronous update, run on every replica."""
+                    global_batch_size: int, jit_compile: bool = False):
+    """Returns train_step(images, labels): one synchronous update, run on every replica.
 
-    def train_step(images, labels):
+    With `jit_compile`, XLA compiles the replica's forward and backward pass into one program,
+    as Keras's `jit_compile` does; the sum across replicas and the update stay outside it (the
+    optimizer compiles its update by itself).
+    """
+
+    def gradients(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images)
             losses = per_example_loss(labels, logits)
             # Mean over the *global* batch: summed across replicas, it is the batch mean.
             loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
-        variables = model.trainable_variables
-        optimizer.apply_gradients(tape.gradient(loss, variables), variables)
+            loss = optimizer.scale_loss(loss)  # Times the loss scale, with loss scaling.
+        return tape.gradient(loss, model.trainable_variables), logits, losses
+
+    if jit_compile:
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def train_step(images, labels):
+        grads, logits, losses = gradients(images, labels)
+        optimizer.apply_gradients(grads, model.trainable_variables)
         metrics.update(labels, logits, losses)
 
     return train_step

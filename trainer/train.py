@@ -17,7 +17,7 @@ import trainer.terminal  # noqa: F401
 from absl import app, flags, logging
 
 from data.mnist import SOURCES, DataError
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import PRECISIONS, ConfigError, TrainConfig
 from trainer.distribute import STRATEGIES, StrategyError
 from trainer.optimizers import OPTIMIZERS, SCHEDULES
 from trainer.checkpointing import CheckpointError
@@ -61,6 +61,13 @@ flags.DEFINE_bool("xla_update", _DEFAULTS.xla_update,
                   "Compile each variable's optimizer update with XLA into one fused pass "
                   "(faster); --noxla_update runs it op by op, e.g. where XLA cannot compile "
                   "for the device.")
+flags.DEFINE_enum("precision", _DEFAULTS.precision, PRECISIONS,
+                  "float32; or mixed precision (Keras's policy names): float32 weights and "
+                  "optimizer state, forward and backward passes in bfloat16 or float16 "
+                  "(float16 with dynamic loss scaling).")
+flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile,
+                  "Compile each replica's forward and backward pass with XLA, as Keras's "
+                  "jit_compile does (pays on GPUs; slower on this project's CPU, see README).")
 flags.DEFINE_integer("nonfinite_retries", _DEFAULTS.nonfinite_retries,
                      "On a NaN/inf loss or gradient, restore the last good checkpoint and go on, "
                      "up to this many times; 0: stop with an error.")

@@ -26,8 +26,8 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate: LearningRate = 1e-3, beta_1: float = 0.9,
                  beta_2: float = 0.999, epsilon: float = 1e-7, name: str = "adam",
-                 jit_compile: bool = True):
-        super().__init__(learning_rate, name, jit_compile)
+                 **kwargs):
+        super().__init__(learning_rate, name, **kwargs)  # jit_compile, loss_scaling
         for label, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"{name}: {label} must be in [0, 1), got {beta!r}")

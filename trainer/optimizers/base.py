@@ -16,6 +16,15 @@ lives here, following the pattern `tf.distribute` documents and Keras uses:
    note the first step where that norm is not finite (the summed gradients are the same on
    every replica, so every replica agrees without more traffic).
 
+Dynamic loss scaling, for float16 compute (`loss_scaling=True`), as Keras and PyTorch AMP do it:
+the train step multiplies the loss by `loss_scale` (`scale_loss`; 2^15 at first) so that small
+float16 gradients do not flush to zero, and the update divides the summed gradients by it. A
+step whose summed gradients are not all finite is an overflow: it is skipped (weights, slots
+and step counter untouched) and the scale halves; after `growth_interval` (2000) finite steps in
+a row the scale doubles. The decision is taken on the summed gradients, the same on every
+replica and worker, so all take it alike. Only a non-finite gradient at the smallest scale, 1,
+is noted as divergence (`first_nonfinite_step`): there no scaling is left to blame.
+
 Assigning to a mirrored variable straight from replica context raises no error but lets the
 copies drift apart when replicas see different data; steps 1-3 are what prevents that. Without a
 strategy the default one runs the very same code with one replica.
@@ -27,6 +36,10 @@ import tensorflow as tf
 
 LearningRate = Union[float, tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]
 
+INITIAL_LOSS_SCALE = 2.0**15
+LOSS_SCALE_GROWTH_INTERVAL = 2000
+MIN_LOSS_SCALE = 1.0
+
 
 class Optimizer(tf.Module):
     """Base class: explicit per-variable state, updated once per synchronous step."""
@@ -34,15 +47,23 @@ class Optimizer(tf.Module):
     # Names of the per-variable state tensors `update_step` receives, in order.
     slot_names: tuple[str, ...] = ()
 
-    def __init__(self, learning_rate: LearningRate, name: str, jit_compile: bool = True):
+    def __init__(self, learning_rate: LearningRate, name: str, jit_compile: bool = True,
+                 loss_scaling: bool = False,
+                 growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL):
         super().__init__(name=name)
+        if growth_interval < 1:
+            raise ValueError(f"{name}: growth_interval must be at least 1, got {growth_interval}")
         if not callable(learning_rate):
             if tf.reduce_any(tf.convert_to_tensor(learning_rate) <= 0):
                 raise ValueError(f"{name}: learning_rate must be positive, got {learning_rate!r}")
         self.learning_rate = learning_rate
         self.iterations = None  # int64 step counter, created by build().
         self.first_nonfinite_step = None  # 0, or the first step with a NaN/inf gradient.
-        self.grad_norm = None  # Global norm of the last step's summed gradients.
+        self.grad_norm = None  # Global norm of the last applied step's summed gradients.
+        self.loss_scaling, self.growth_interval = loss_scaling, growth_interval
+        # With loss_scaling, built by build(): the scale, the finite steps since it last
+        # changed, and the count of steps skipped for an overflow.
+        self.loss_scale = self.finite_steps = self.skipped_steps = None
         self.slots = []  # slots[i][j]: slot_names[j] of the i-th variable.
         self._slot_index = {}  # variable ref -> i; plain ints, so not checkpointed.
         self._update_rule = (tf.function(self.update_step, jit_compile=True) if jit_compile
@@ -71,6 +92,14 @@ class Optimizer(tf.Module):
             self.grad_norm = tf.Variable(
                 0.0, trainable=False, name="grad_norm",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            if self.loss_scaling:
+                self.loss_scale = tf.Variable(
+                    INITIAL_LOSS_SCALE, trainable=False, name="loss_scale",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                self.finite_steps, self.skipped_steps = (
+                    tf.Variable(0, dtype=tf.int64, trainable=False, name=name,
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                    for name in ("finite_steps", "skipped_steps"))
             for i, var in enumerate(variables):
                 self._slot_index[var.ref()] = i
                 base_name = var.name.split(":")[0].replace("/", "_")
@@ -78,6 +107,14 @@ class Optimizer(tf.Module):
                     tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False,
                                 name=f"{base_name}_{slot}")
                     for slot in self.slot_names])
+
+    def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
+        """The loss to differentiate: times the loss scale with loss_scaling, else as it is.
+
+        Call it in the train step, after building (the trainer builds first)."""
+        if not self.loss_scaling:
+            return loss
+        return loss * tf.cast(self.loss_scale, loss.dtype)
 
     def current_learning_rate(self) -> tf.Tensor:
         """The learning rate of the step about to run (a schedule sees the step count)."""
@@ -109,27 +146,62 @@ class Optimizer(tf.Module):
     def _update(self, strategy: tf.distribute.Strategy, pairs):
         learning_rate = self.current_learning_rate()
         step = self.iterations + 1  # The step being taken, counting from 1.
-        # One norm serves both the log and the NaN/inf check: it is finite iff they all are.
-        grad_norm = tf.linalg.global_norm(
-            [strategy.experimental_local_results(grad)[0] for grad, _ in pairs])
-        finite = tf.math.is_finite(grad_norm)
+        grads = [strategy.experimental_local_results(grad)[0] for grad, _ in pairs]
+        if self.loss_scaling:
+            unscale = 1.0 / self.loss_scale
+            at_min_scale = self.loss_scale <= MIN_LOSS_SCALE
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            grad_norm = tf.linalg.global_norm([g * tf.cast(unscale, g.dtype) for g in grads])
+        else:
+            unscale = None  # Every step applies.
+            # One norm serves both the log and the NaN/inf check: finite iff they all are.
+            grad_norm = tf.linalg.global_norm(grads)
+            finite = tf.math.is_finite(grad_norm)
         for grad, var in pairs:
             slots = self.slots[self._slot_index[var.ref()]]
             strategy.extended.update(
-                var, self._update_one, args=(var, grad, learning_rate, step, slots), group=False)
-        self.iterations.assign(step)
+                var, self._update_one,
+                args=(var, grad, learning_rate, step, slots, unscale, finite), group=False)
         seen = self.first_nonfinite_step
-        seen.assign(tf.where(tf.logical_or(finite, seen > 0), seen, step))
+        if self.loss_scaling:
+            self._update_loss_scale(finite)
+            diverged = tf.logical_not(finite) & at_min_scale
+            self.iterations.assign(tf.where(finite, step, self.iterations))
+            grad_norm = tf.where(finite, grad_norm, self.grad_norm)
+        else:
+            diverged = tf.logical_not(finite)
+            self.iterations.assign(step)
+        seen.assign(tf.where(diverged & (seen == 0), step, seen))
         self.grad_norm.assign(tf.cast(grad_norm, tf.float32))
         return step
 
-    def _update_one(self, copy, var, grad, learning_rate, step, slots):
+    def _update_loss_scale(self, finite: tf.Tensor) -> None:
+        """Halve on an overflow (to no less than 1); double after growth_interval finite steps."""
+        grow = finite & (self.finite_steps + 1 >= self.growth_interval)
+        scale = self.loss_scale
+        self.loss_scale.assign(tf.where(
+            finite, tf.where(grow, scale * 2.0, scale), tf.maximum(scale / 2.0, MIN_LOSS_SCALE)))
+        zero = tf.constant(0, tf.int64)
+        self.finite_steps.assign(tf.where(finite & ~grow, self.finite_steps + 1, zero))
+        self.skipped_steps.assign_add(tf.where(finite, zero, 1))
+
+    def _update_one(self, copy, var, grad, learning_rate, step, slots, unscale, finite):
         # Runs once per device copy of `var`, with this device's copy of the summed gradient.
         # The compiled rule takes plain variables, so the slots' copies are picked here.
         local = tf.distribute.get_strategy().experimental_local_results
         index = next(i for i, each in enumerate(local(var)) if each is copy)
-        return self._update_rule(grad, copy, tf.cast(learning_rate, copy.dtype),
-                                 [local(slot)[index] for slot in slots], step)
+        slots = [local(slot)[index] for slot in slots]
+        learning_rate = tf.cast(learning_rate, copy.dtype)
+        if unscale is None:  # No loss scaling: every step applies.
+            return self._update_rule(grad, copy, learning_rate, slots, step)
+
+        def apply():
+            self._update_rule(grad * tf.cast(unscale, grad.dtype), copy, learning_rate, slots,
+                              step)
+            return tf.constant(True)
+
+        # A skipped step leaves the variable and its slots untouched.
+        return tf.cond(finite, apply, lambda: tf.constant(False))
 
     def update_step(self, grad, var, learning_rate, slots, step):
         """The update rule: assign to `var` and `slots` from `grad` at `step` (counting from

@@ -12,8 +12,8 @@ class GradientDescent(Optimizer):
     """
 
     def __init__(self, learning_rate: LearningRate = 1e-3, name: str = "gradient_descent",
-                 jit_compile: bool = True):
-        super().__init__(learning_rate, name, jit_compile)
+                 **kwargs):
+        super().__init__(learning_rate, name, **kwargs)  # jit_compile, loss_scaling
 
     def update_step(self, grad, var, learning_rate, slots, step):
         var.assign_sub(learning_rate * grad)

@@ -15,8 +15,8 @@ class Momentum(Optimizer):
     slot_names = ("change",)
 
     def __init__(self, learning_rate: LearningRate = 1e-3, momentum: float = 0.7,
-                 name: str = "momentum", jit_compile: bool = True):
-        super().__init__(learning_rate, name, jit_compile)
+                 name: str = "momentum", **kwargs):
+        super().__init__(learning_rate, name, **kwargs)  # jit_compile, loss_scaling
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"{name}: momentum must be in [0, 1), got {momentum!r}")
         self.momentum = momentum
