@@ -116,8 +116,9 @@ def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(case, outco
     assert done.returncode == 1, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     naming = [line for line in lines if case.error in line]
+    assert len(naming) == 1, done.stderr[-2000:]
     # Our own errors end the output; absl's flag errors add a line pointing at --helpfull.
-    ours = naming == [lines[-1]] and lines[-1].startswith(f"{case.module}: error: ")
-    absl = naming == [lines[-2]] and lines[-2].startswith("FATAL Flags parsing error: flag ")
+    ours = naming == lines[-1:] and naming[0].startswith(f"{case.module}: error: ")
+    absl = naming == lines[-2:-1] and naming[0].startswith("FATAL Flags parsing error: flag ")
     assert ours or absl, done.stderr[-2000:]
     assert contents(workdir) == before  # Refused before anything was written.
