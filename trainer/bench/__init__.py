@@ -2,6 +2,8 @@
 
 training.py      our compiled loop against Keras, across replicas, the matmul ceiling, time to
                  accuracy and memory
+precision.py     --precision and --jit_compile: speed against Keras in float32 and bfloat16, the
+                 share of each dtype's matmul peak, and the accuracy each precision reaches
 step_profile.py  where a step's time goes, read from a profiler trace
 convergence.py   the compiled convergence suite against the notebook's eager loop
 """

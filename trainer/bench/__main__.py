@@ -21,6 +21,7 @@ from absl import app, flags, logging
 
 from trainer import distribute
 from trainer.bench import convergence as bench_convergence
+from trainer.bench import precision as bench_precision
 from trainer.bench import step_profile
 from trainer.bench import training as bench_training
 from trainer.tables import markdown_table
@@ -32,6 +33,10 @@ SECTIONS = {
     "ceiling": bench_training.ceiling,
     "profile": step_profile.step_time_breakdown,
     "time_to_accuracy": bench_training.time_to_accuracy,
+    "precision_throughput": bench_precision.throughput,
+    "precision_ceiling": bench_precision.ceiling,
+    "precision_accuracy": bench_precision.accuracy,
+    "precision_allreduce": bench_precision.allreduce,
     "memory": bench_training.memory,
 }
 

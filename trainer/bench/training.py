@@ -124,15 +124,21 @@ class KerasTrainer:
     """The same MLP as a Keras user writes it, trained by `fit` on in-memory numpy arrays."""
 
     def __init__(self, config: TrainConfig, steps_per_execution: int = 1):
+        """In config.precision: Keras's dtype policy of that name on every Dense layer, and
+        the logits cast back to float32 before the loss, as Keras's mixed precision guide
+        has it."""
         self.config = config
         self.x, self.y, self.x_test, self.y_test = _arrays()
         self.work = len(self.y)  # Examples per run(): Keras also trains the last, partial batch.
         steps_per_epoch = math.ceil(len(self.y) / config.batch_size)
         tf.keras.utils.set_random_seed(config.seed)
+        policy = config.precision
         self.model = tf.keras.Sequential(
             [tf.keras.Input((mnist.NUM_PIXELS,))]
-            + [tf.keras.layers.Dense(width, activation="relu") for width in config.hidden_sizes]
-            + [tf.keras.layers.Dense(mnist.NUM_CLASSES)])
+            + [tf.keras.layers.Dense(width, activation="relu", dtype=policy)
+               for width in config.hidden_sizes]
+            + [tf.keras.layers.Dense(mnist.NUM_CLASSES, dtype=policy),
+               tf.keras.layers.Activation("linear", dtype="float32")])
         self.model.compile(
             # The trainer's schedule over Keras's steps, so both warm up and decay by epoch.
             optimizer=tf.keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)),
@@ -152,14 +158,16 @@ class KerasTrainer:
 
 
 class MatmulChain:
-    """n x n float32 matmuls chained in one tf.function (no XLA, like our step): the FLOP rate
-    the device reaches on the kind of op that carries our MLP."""
+    """n x n matmuls in `dtype` chained in one tf.function (no XLA, like our step): the FLOP
+    rate the device reaches on the kind of op that carries our MLP."""
 
-    def __init__(self, device: str, n: int = MATMUL_SIZE, seconds: float = 1.0):
+    def __init__(self, device: str, n: int = MATMUL_SIZE, seconds: float = 1.0,
+                 dtype: tf.DType = tf.float32):
         with tf.device(device):
-            self.x = tf.random.stateless_normal([n, n], seed=[0, 0])
+            self.x = tf.cast(tf.random.stateless_normal([n, n], seed=[0, 0]), dtype)
             # Columns of norm about 1, so the chain neither overflows nor underflows.
-            self.w = tf.random.stateless_normal([n, n], seed=[0, 1]) / math.sqrt(n)
+            self.w = tf.cast(tf.random.stateless_normal([n, n], seed=[0, 1]) / math.sqrt(n),
+                             dtype)
         self.device = device
 
         @tf.function
@@ -251,15 +259,16 @@ def _time_left(seconds: float, done: int, total: int) -> str:
     return f", about {minutes}:{secs:02d} left"
 
 
-def _config(batch_size: int) -> TrainConfig:
-    return dataclasses.replace(TrainConfig(), batch_size=batch_size)
+def bench_config(batch_size: int, **settings) -> TrainConfig:
+    return dataclasses.replace(TrainConfig(), batch_size=batch_size, **settings)
 
 
 @functools.cache
-def cached_trainer(strategy_name: str, cpu_replicas: int, batch_size: int) -> OurTrainer:
+def cached_trainer(strategy_name: str, cpu_replicas: int, batch_size: int,
+                   precision: str = "float32", jit_compile: bool = False) -> OurTrainer:
     # Shared by the sections: one trace per configuration in the whole bench.
     return OurTrainer(distribute.create_strategy(strategy_name, cpu_replicas),
-                      _config(batch_size))
+                      bench_config(batch_size, precision=precision, jit_compile=jit_compile))
 
 
 def throughput() -> dict:
@@ -267,9 +276,9 @@ def throughput() -> dict:
     of the fixed-batch loops that show what the hardware allows."""
     results = {}
     for batch_size in BATCH_SIZES:
-        keras = {f"keras_spe{spe}": KerasTrainer(_config(batch_size), spe)
+        keras = {f"keras_spe{spe}": KerasTrainer(bench_config(batch_size), spe)
                  for spe in KERAS_STEPS_PER_EXECUTION}
-        fixed_batch = {f"fixed_batch_{name}": FixedBatchLoop(_config(batch_size), name)
+        fixed_batch = {f"fixed_batch_{name}": FixedBatchLoop(bench_config(batch_size), name)
                        for name in ("gd", "adam")}
         rates = measure({"ours": cached_trainer("one_device", 1, batch_size), **fixed_batch,
                          **keras}, label=f"[throughput] batch {batch_size}")
