@@ -57,6 +57,8 @@ CASES = [
     BadInput("trainer.train", "--warmup_epochs=10",
              "trainer.train: error: --warmup_epochs=10.0: must be at least 0 and less than "
              "--epochs"),
+    BadInput("trainer.train", "--precision=float8",
+             "flag --precision=float8: value should be one of"),
     BadInput("trainer.train", "--strategy=multi_worker",
              "trainer.train: error: TF_CONFIG is not set"),
     BadInput("trainer.train", "--strategy=multi_worker",
