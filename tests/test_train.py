@@ -158,3 +158,16 @@ def test_helpfull_documents_every_setting():
     shown = run_module("trainer.train", "--helpfull").stdout
     for field in dataclasses.fields(TrainConfig):
         assert f"--{field.name}:" in shown or f"--[no]{field.name}:" in shown, field.name
+
+
+def test_periodic_work_lands_on_exactly_the_steps_asked_for(tmp_path):
+    # With the default 100 steps per compiled run, histograms every 30 steps and a profile of
+    # steps 10-20 still land on their own steps: runs are cut wherever anything is due.
+    result = train_and_evaluate(tiny(tmp_path, epochs=1, steps_per_loop=100,
+                                     histogram_every_steps=30, profile_steps=(10, 20)))
+    found = summaries(result.run_dir)
+    assert found["weights/mlp/dense_0/w"].steps == [30, 60, 90]
+    assert found["train/loss"].steps == [10, 20, 30, 60, 90, 100]
+    assert found["eval/accuracy"].steps == [100]
+    traces = list(pathlib.Path(result.run_dir, "plugins", "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1
