@@ -171,3 +171,30 @@ def test_periodic_work_lands_on_exactly_the_steps_asked_for(tmp_path):
     assert found["eval/accuracy"].steps == [100]
     traces = list(pathlib.Path(result.run_dir, "plugins", "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1
+
+
+def test_an_export_cut_short_leaves_nothing_under_its_name_and_the_next_one_completes(
+        tmp_path, monkeypatch):
+    from trainer import export as export_module
+    model = MLP(mnist.NUM_PIXELS, [8], mnist.NUM_CLASSES)
+    final = tmp_path / "export" / "100"
+    real_save = tf.saved_model.save
+
+    def killed_midway(obj, directory, signatures=None):
+        pathlib.Path(directory).mkdir(parents=True)
+        (pathlib.Path(directory) / "saved_model.pb").write_bytes(b"half")
+        raise KeyboardInterrupt("killed mid-export")
+
+    monkeypatch.setattr(tf.saved_model, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        export_module.export(model, str(final))
+    assert not final.exists()  # A rerun must not take the half export for a whole one.
+    assert sorted(p.name for p in final.parent.iterdir()) == [".100.partial"]
+
+    monkeypatch.setattr(tf.saved_model, "save", real_save)
+    export_module.export(model, str(final))
+    assert sorted(p.name for p in final.parent.iterdir()) == ["100"]
+    served = tf.saved_model.load(str(final))
+    probabilities = served.signatures["serving_default"](
+        images=tf.zeros([2, 28, 28], tf.uint8))["probabilities"]
+    np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-5)

@@ -28,12 +28,23 @@ class Classifier(tf.Module):
 
 
 def export(model: tf.Module, directory: str) -> str:
-    """Writes a SavedModel to `directory`, which must not exist yet (nothing is overwritten)."""
+    """Writes a SavedModel to `directory`, which must not exist yet (nothing is overwritten).
+
+    The SavedModel is written beside it, into `.<name>.partial`, and renamed into place once
+    complete: a job killed mid-export leaves no half export under the final name, only a
+    partial one that the next export replaces.
+    """
+    directory = os.fspath(directory)
     if tf.io.gfile.exists(directory):
         raise FileExistsError(f"{directory}: an export is already there; not overwriting it")
+    parent, name = os.path.split(os.path.normpath(directory))
+    partial = os.path.join(parent, f".{name}.partial")
+    if tf.io.gfile.exists(partial):  # Left by a job killed mid-export.
+        tf.io.gfile.rmtree(partial)
     classifier = Classifier(model)
-    tf.saved_model.save(classifier, directory, signatures={
+    tf.saved_model.save(classifier, partial, signatures={
         "serving_default": classifier.classify_images,
         "classify_pixels": classifier.classify_pixels,
     })
-    return os.fspath(directory)
+    tf.io.gfile.rename(partial, directory)
+    return directory
