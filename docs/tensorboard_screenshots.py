@@ -21,6 +21,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import trainer.terminal
 from absl import app, flags, logging
 
 from launch.ports import free_ports
@@ -163,8 +164,7 @@ def _tail(path: str, chars: int = 2000) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    trainer.terminal.refuse_arguments(argv, "docs.tensorboard_screenshots")
     logging.set_verbosity(logging.WARNING)  # The trainer's progress lines are enough.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Read when TensorFlow loads, if it does.
     chromium = shutil.which(FLAGS.chromium)

@@ -198,3 +198,15 @@ def test_an_export_cut_short_leaves_nothing_under_its_name_and_the_next_one_comp
     probabilities = served.signatures["serving_default"](
         images=tf.zeros([2, 28, 28], tf.uint8))["probabilities"]
     np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_one_epoch_run_works_with_the_default_warm_up(tmp_path):
+    # The default warm-up (1 epoch) is not shorter than the run: it shrinks to a tenth of it,
+    # and says so. One the user sets is honoured or refused (tests/test_command_lines.py).
+    done = run_module("trainer.train", "--epochs=1", "--hidden_sizes=16", "--batch_size=1000",
+                      "--data_source=bundled", f"--logdir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warming up for 0.1 instead" in done.stderr
+    [run_dir] = tmp_path.iterdir()
+    assert run_dir.name == "mlp16_adam_lr0.002_cosine_w0.1_b1000_e1_s0"
+    assert "--warmup_epochs=0.1\n" in (run_dir / FLAGS_FILE).read_text()

@@ -50,6 +50,14 @@ _CPP_RECORD = re.compile(r"([IWEF])\d{4} [\d:.]+ +\d+ [^\]]+\] "
 _CPP_PREINIT_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
 
 
+def refuse_arguments(argv: list[str], program: str) -> None:
+    """Exits with one line if the command line holds arguments that are not flags (absl's
+    UsageError would print the whole help before the error)."""
+    if len(argv) > 1:
+        sys.exit(f"{program}: error: unexpected argument {argv[1]!r}: settings are flags, "
+                 "e.g. --epochs=2 (--helpshort lists them)")
+
+
 def verbosity_from(argv: list[str]) -> int:
     """absl's --verbosity (or -v) as given in `argv` before flags are parsed; 0 if not given.
 

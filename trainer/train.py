@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.terminal  # noqa: F401
+import trainer.terminal
 
 from absl import app, flags, logging
 
@@ -95,12 +95,18 @@ def config_from_flags() -> TrainConfig:
     values = {field.name: FLAGS[field.name].value for field in dataclasses.fields(TrainConfig)}
     for name in ("hidden_sizes", "profile_steps"):
         values[name] = _integers(name, values[name])
+    if not FLAGS["warmup_epochs"].present and values["warmup_epochs"] >= values["epochs"]:
+        # A short run with the default warm-up: warm up for a tenth of it. A warm-up the user
+        # set that is not shorter than the run stays an error (TrainConfig.validate).
+        values["warmup_epochs"] = values["epochs"] / 10
+        logging.info("--warmup_epochs: the default %g epoch(s) is not shorter than --epochs=%d; "
+                     "warming up for %g instead", _DEFAULTS.warmup_epochs, values["epochs"],
+                     values["warmup_epochs"])
     return TrainConfig(**values)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    trainer.terminal.refuse_arguments(argv, "trainer.train")
     try:
         result = train_and_evaluate(config_from_flags().validate())
     except (ConfigError, StrategyError, DataError, CheckpointError, DivergenceError) as e:

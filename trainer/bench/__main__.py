@@ -15,7 +15,7 @@ import os
 import time
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.terminal  # noqa: F401
+import trainer.terminal
 
 from absl import app, flags, logging
 
@@ -56,8 +56,7 @@ def _format(value) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    trainer.terminal.refuse_arguments(argv, "trainer.bench")
     # Before any TensorFlow work: the distribution section's replicas are logical CPUs.
     distribute.split_cpu(bench_training.CPU_REPLICAS)
     measurements = {}

@@ -24,7 +24,7 @@ import os
 import sys
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.terminal  # noqa: F401
+import trainer.terminal
 
 import numpy as np
 from absl import app, flags
@@ -84,8 +84,7 @@ flags.register_validator("json", lambda path: not path or not os.path.exists(pat
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    trainer.terminal.refuse_arguments(argv, "trainer.convergence")
     settings = SuiteSettings(optimizers=tuple(FLAGS.optimizers),
                              learning_rates=tuple(FLAGS.learning_rates),
                              init_val=FLAGS.init_val, max_iters=FLAGS.max_iters)
