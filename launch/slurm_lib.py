@@ -1,0 +1,132 @@
+"""The batch script of one multi-worker run on Slurm, and its submission with sbatch.
+
+One trainer per Slurm task (`srun` starts `--nodes` x `--tasks_per_node` of them), each
+`python -m trainer.train --strategy=multi_worker` finding the others from what srun tells it
+(trainer/distribute.py, slurm_cluster): rank 0 is the chief. GPUs are asked for per node with
+`--gres=gpu:N` and shared out equally among a node's tasks.
+
+Preemption: Slurm sends SIGTERM to the trainers `signal_seconds` before the time limit
+(`--signal=TERM@...`, to the job's steps, not to the batch shell), and a preempting scheduler
+sends it too. The trainers then checkpoint the same step and exit 143; the script sees srun
+exit 143 and requeues the job (`scontrol requeue`, allowed by `--requeue`), whose next attempt
+resumes from the checkpoint. Any other failure (exit 1: bad flags, divergence) ends the job as
+FAILED, with no requeue.
+"""
+
+import dataclasses
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+from launch.trainer_args import LaunchError, check_trainer_args
+from trainer.preemption import PREEMPTED_EXIT_CODE
+
+# The repository the trainers run from: this checkout, on a filesystem every node shares.
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Trainer flags the script sets for every task, and where the user's setting belongs instead.
+SET_BY_SCRIPT = {"strategy": "launch.slurm (--strategy=multi_worker)"}
+# Slurm's most for --signal's seconds (a 16-bit field).
+MAX_SIGNAL_SECONDS = 65535
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmJob:
+    name: str = "mlp-train"
+    nodes: int = 1
+    tasks_per_node: int = 1  # One trainer process each.
+    gpus_per_node: int = 0  # --gres=gpu:N, shared equally by the node's tasks.
+    cpus_per_task: int = 0  # 0: the cluster's default.
+    time: str = ""  # --time; empty: the partition's default.
+    partition: str = ""  # Empty: the cluster's default partition.
+    signal_seconds: int = 120  # SIGTERM this long before the time limit.
+    output: str = "slurm-%x-%j.out"  # Relative to the repository; every attempt appends.
+    python: str = sys.executable  # Must exist at this path on every node.
+    trainer_args: tuple[str, ...] = ()
+
+    @property
+    def replicas(self) -> int:
+        """Replicas in sync: one per GPU, or one per task without GPUs."""
+        return self.nodes * (self.gpus_per_node or self.tasks_per_node)
+
+    def validate(self) -> "SlurmJob":
+        """Raises LaunchError naming the first bad flag; returns self for chaining."""
+        def need(ok, flag, problem):
+            if not ok:
+                raise LaunchError(f"--{flag}={getattr(self, flag)}: {problem}")
+
+        need(re.fullmatch(r"[\w.-]+", self.name), "name", "must be letters, digits, _, . and -")
+        need(self.nodes >= 1, "nodes", "must be at least 1")
+        need(self.tasks_per_node >= 1, "tasks_per_node", "must be at least 1")
+        need(self.gpus_per_node >= 0, "gpus_per_node", "must be 0 (CPU only) or more")
+        need(self.gpus_per_node % self.tasks_per_node == 0, "gpus_per_node",
+             f"must divide equally among the --tasks_per_node={self.tasks_per_node} tasks")
+        need(self.cpus_per_task >= 0, "cpus_per_task", "must be 0 (the cluster's default) or more")
+        need(re.fullmatch(r"[\w:+-]*", self.time), "time",
+             "must be a Slurm time limit such as 2:00:00 or 1-12:00:00")
+        need(re.fullmatch(r"[\w,.-]*", self.partition), "partition",
+             "must be partition names, comma-separated")
+        need(0 <= self.signal_seconds <= MAX_SIGNAL_SECONDS, "signal_seconds",
+             f"must be 0 to {MAX_SIGNAL_SECONDS}")
+        need(self.output.strip() and "\n" not in self.output, "output", "must be a file name")
+        check_trainer_args(list(self.trainer_args), SET_BY_SCRIPT, replicas=self.replicas)
+        return self
+
+
+def batch_script(job: SlurmJob) -> str:
+    """The sbatch script: #SBATCH options, then srun of the trainers and the requeue rule."""
+    job.validate()
+    options = [f"--job-name={job.name}", f"--nodes={job.nodes}",
+               f"--ntasks-per-node={job.tasks_per_node}",
+               f"--chdir={REPO}", f"--output={job.output}",
+               # Each attempt's output follows the previous one's instead of replacing it.
+               "--open-mode=append",
+               # SIGTERM to the trainers (the job's steps), so they checkpoint before the kill.
+               f"--signal=TERM@{job.signal_seconds}",
+               "--requeue"]
+    if job.gpus_per_node:
+        options.append(f"--gres=gpu:{job.gpus_per_node}")
+    if job.cpus_per_task:
+        options.append(f"--cpus-per-task={job.cpus_per_task}")
+    if job.time:
+        options.append(f"--time={job.time}")
+    if job.partition:
+        options.append(f"--partition={job.partition}")
+    trainer = [job.python, "-m", "trainer.train", "--strategy=multi_worker", *job.trainer_args]
+    # --distribution=block: the rank order slurm_cluster derives the cluster from.
+    # --kill-on-bad-exit: one failed trainer stops the others instead of leaving them waiting.
+    # --gpu-bind=none: each task sees its node's GPUs; the trainer takes its share of them.
+    srun = ["srun", "--distribution=block", "--kill-on-bad-exit=1",
+            *(["--gpu-bind=none"] if job.gpus_per_node else []), *trainer]
+    return "\n".join([
+        "#!/bin/bash",
+        "# Written by python -m launch.slurm; submit it with sbatch.",
+        *(f"#SBATCH {option}" for option in options),
+        "",
+        'echo "launch.slurm: job $SLURM_JOB_ID attempt $((${SLURM_RESTART_COUNT:-0} + 1))'
+        ' on $SLURM_JOB_NODELIST"',
+        " ".join(map(shlex.quote, srun)),
+        "code=$?",
+        f"# {PREEMPTED_EXIT_CODE}: the trainers were preempted by SIGTERM and saved a "
+        "checkpoint;",
+        "# run the job again to resume from it. Any other failure stays failed.",
+        f"if [ $code -eq {PREEMPTED_EXIT_CODE} ]; then",
+        '    echo "launch.slurm: preempted (exit code $code); requeueing job $SLURM_JOB_ID"',
+        '    scontrol requeue "$SLURM_JOB_ID"',
+        "fi",
+        "exit $code",
+        ""])
+
+
+def submit(script: str, sbatch: str = "sbatch", env: dict | None = None) -> str:
+    """Submits `script` with sbatch and returns the job id."""
+    try:
+        done = subprocess.run([sbatch, "--parsable"], input=script, capture_output=True,
+                              text=True, env=env)
+    except FileNotFoundError:
+        raise LaunchError(f"--submit: {sbatch} not found; is this a Slurm login node?") from None
+    if done.returncode:
+        raise LaunchError(f"sbatch failed (exit code {done.returncode}): "
+                          f"{done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout.strip().split(";")[0]  # --parsable: "<id>" or "<id>;<cluster>".
