@@ -54,8 +54,13 @@ class TrainingJob:
              "required: the name of a PersistentVolumeClaim (lowercase letters, digits and -)")
         need(not self.namespace or re.fullmatch(_DNS_LABEL, self.namespace), "namespace",
              "must be lowercase letters, digits and -")
-        check_trainer_args(list(self.trainer_args), SET_BY_MANIFESTS)
+        check_trainer_args(list(self.trainer_args), SET_BY_MANIFESTS, replicas=self.replicas)
         return self
+
+    @property
+    def replicas(self) -> int:
+        """Replicas in sync: one per GPU, or one per CPU-only pod."""
+        return self.workers * max(1, self.gpus_per_worker)
 
     def trainer_command(self) -> list[str]:
         return ["python", "-m", "trainer.train", "--strategy=multi_worker", f"--logdir={LOGDIR}",

@@ -58,7 +58,7 @@ def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10
     one or is set here. `env` defaults to the environment the user gave this launcher
     (trainer.terminal.user_environ): each worker sets up its terminal from its own flags.
     """
-    trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL)
+    trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL, replicas=num_workers)
     base_env = dict(trainer.terminal.user_environ() if env is None else env)
     workers = []
     for index, tf_config in enumerate(tf_configs(free_ports(num_workers))):

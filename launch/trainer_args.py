@@ -1,14 +1,18 @@
 """What a launcher may pass through to `python -m trainer.train`, checked before anything starts.
 
 The trainer's flags mirror `TrainConfig`'s fields, so the fields are the list of flags a
-launcher checks against: a misspelt flag is refused here, once, rather than by every run of a
-sweep or by every restart of a cluster job.
+launcher checks against: a misspelt flag, or a value the trainer would refuse, is refused here,
+once, rather than by every run of a sweep or by every restart of a cluster job. The values are
+checked by the trainer's own flag definitions and TrainConfig.validate, not by a copy of them.
 """
 
 import dataclasses
 import re
 
-from trainer.config import TrainConfig
+from absl import flags
+
+from trainer.config import ConfigError, TrainConfig
+from trainer.flags import config_from_flags, define_flags
 
 # {trainer flag: the type of its TrainConfig field}.
 TRAINER_FLAGS = {field.name: field.type for field in dataclasses.fields(TrainConfig)}
@@ -21,9 +25,15 @@ class LaunchError(ValueError):
     """A launcher setting that cannot work; the message names the flag."""
 
 
-def check_trainer_args(args: list[str], set_by_launcher: dict[str, str]) -> list[str]:
+def check_trainer_args(args: list[str], set_by_launcher: dict[str, str],
+                       replicas: int | None = None) -> list[str]:
     """Returns `args` (trainer flags given after `--`) once each is a trainer flag that the
-    launcher does not set itself (see check_trainer_flag), or --verbosity."""
+    launcher does not set itself (see check_trainer_flag), or --verbosity, and the trainer
+    would accept their values (see trainer_config).
+
+    With `replicas` (the job's replicas in sync), the global --batch_size must also divide
+    evenly among them, as the trainer requires (trainer/inputs.py).
+    """
     for arg in args:
         match = re.fullmatch(r"--(\w+)(=.*)?", arg)
         if not match:
@@ -35,7 +45,31 @@ def check_trainer_args(args: list[str], set_by_launcher: dict[str, str]) -> list
         if name in TERMINAL_FLAGS:
             continue
         check_trainer_flag(name, f"trainer argument {arg}", set_by_launcher)
+    config = trainer_config(args)
+    if replicas is not None and config.batch_size % replicas:
+        # The trainer's own words (trainer/inputs.py), said before any replica starts.
+        raise LaunchError(f"--batch_size={config.batch_size}: must be divisible by the "
+                          f"{replicas} replicas in sync")
     return list(args)
+
+
+def trainer_config(args: list[str]) -> TrainConfig:
+    """The validated TrainConfig the trainer would build from `args` (absl flags, a
+    --flagfile too); raises LaunchError with the trainer's one-line message otherwise."""
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    try:
+        flag_values(["trainer.train", *(arg for arg in args if not _is_terminal_flag(arg))])
+        return config_from_flags(flag_values).validate()
+    except flags.Error as e:
+        # absl says "flag --epochs=x: invalid literal ..."; ours start at the flag.
+        raise LaunchError(str(e).splitlines()[0].removeprefix("flag ")) from None
+    except ConfigError as e:
+        raise LaunchError(str(e)) from None
+
+
+def _is_terminal_flag(arg: str) -> bool:
+    return any(re.fullmatch(rf"--{name}(=.*)?", arg) for name in TERMINAL_FLAGS)
 
 
 def check_trainer_flag(name: str, given_as: str, set_by_launcher: dict[str, str]) -> None:

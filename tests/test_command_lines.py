@@ -93,6 +93,16 @@ CASES = [
     BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 --workers=0",
              "launch.kubernetes: error: --workers=0: must be at least 1 (the chief)"),
     BadInput("launch.local", "--workers=0", "flag --workers=0: 0 is not a positive integer"),
+    # Trainer values are checked by the trainer's own flags before anything starts.
+    BadInput("launch.kubernetes",
+             "--claim=mlp-runs --image=mlp:1 --workers=4 --gpus_per_worker=1 -- --batch_size=510",
+             "launch.kubernetes: error: --batch_size=510: must be divisible by the 4 replicas"),
+    BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 -- --epochs=0",
+             "launch.kubernetes: error: --epochs=0: must be at least 1"),
+    BadInput("launch.local", "--workers=2 -- --batch_size=129",
+             "launch.local: error: --batch_size=129: must be divisible by the 2 replicas"),
+    BadInput("launch.local", "-- --optimizer=sgd",
+             "launch.local: error: --optimizer=sgd: value should be one of"),
 ]
 
 
