@@ -13,6 +13,7 @@ import sys
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
 import trainer.terminal
 
+import tensorflow as tf
 from absl import app, flags, logging
 
 from data.mnist import DataError
@@ -38,6 +39,14 @@ def main(argv):
         sys.exit(f"trainer.train: error: {e}")
     except Preempted as e:
         logging.warning("%s", e)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except tf.errors.UnavailableError as e:
+        # Another worker of a multi-worker job died (killed, out of memory, node lost): this
+        # one's collectives fail once its heartbeats stop. Not this worker's fault, so it exits
+        # as a preempted one does, for the scheduler to restart the job from its checkpoints
+        # rather than fail it as it would on exit 1 (launch/kubernetes_lib.py).
+        logging.warning("a worker of the job was lost; stopping: %s; rerun the same command "
+                        "to resume from the latest checkpoint", " ".join(e.message.split()))
         sys.exit(PREEMPTED_EXIT_CODE)
     print(f"test accuracy: {result.test_accuracy:.4f} (loss {result.test_loss:.4f}) "
           f"after {result.steps} steps; run directory {result.run_dir}")
