@@ -76,7 +76,7 @@ class KillWorkerOne(io.StringIO):
 
     def write(self, text):
         if text.startswith("[worker 1]") and "saved" in text:
-            for child in psutil.Process().children():
+            for child in psutil.Process().children(recursive=True):
                 if '"index": 1' in child.environ().get("TF_CONFIG", ""):
                     child.send_signal(signal.SIGKILL)
         return super().write(text)
@@ -100,29 +100,76 @@ def test_a_dead_worker_stops_the_whole_job_fast(tmp_path):
 
 
 class SigtermWorkerOne(io.StringIO):
-    """An output sink that sends SIGTERM to worker 1 once the chief has saved ckpt-50."""
+    """An output sink that sends SIGTERM to worker 1 once the chief has saved ckpt-<after>."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
 
     def write(self, text):
-        if text.startswith("[worker 0]") and re.search(r"saved .*ckpt-50$", text.strip()):
-            for child in psutil.Process().children():
+        if text.startswith("[worker 0]") and re.search(rf"saved .*ckpt-{self.after}$",
+                                                       text.strip()):
+            for child in psutil.Process().children(recursive=True):
                 if '"index": 1' in child.environ().get("TF_CONFIG", ""):
                     child.send_signal(signal.SIGTERM)
         return super().write(text)
 
 
-def test_sigterm_to_one_worker_checkpoints_all_and_the_rerun_resumes(tmp_path):
-    config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", epochs=4,
-                                 steps_per_loop=5, checkpoint_every_steps=50)
-    output = SigtermWorkerOne()
-    assert run_job(config, output) == 128 + signal.SIGTERM
+def resumed_steps(output: str) -> dict[str, int]:
+    """{worker: the step it resumed from}, checking each names the checkpoint of that step."""
+    return {worker: int(step) for worker, path_step, step in re.findall(
+        r"\[worker (\d)\] .*resumed from \S+ckpt-(\d+) at step (\d+)", output)
+        if path_step == step}
+
+
+def preempt(config: TrainConfig, after: int) -> int:
+    """Runs the job, SIGTERMs worker 1 once ckpt-<after> is saved; the step all stopped at."""
+    output = SigtermWorkerOne(after)
+    assert run_job(config, output) == 128 + signal.SIGTERM, output.getvalue()[-3000:]
     stopped = re.findall(r"\[worker (\d)\] .*SIGTERM: stopped at step (\d+)", output.getvalue())
     assert sorted(worker for worker, _ in stopped) == ["0", "1"]
-    step = stopped[0][1]
-    assert all(s == step for _, s in stopped) and int(step) >= 50
-    latest = tf.train.latest_checkpoint(os.path.join(tmp_path, "job", CHECKPOINT_DIR))
-    assert latest.endswith(f"ckpt-{step}")
+    assert len({step for _, step in stopped}) == 1
+    return int(stopped[0][1])
+
+
+def test_preempted_twice_with_a_corrupt_checkpoint_between_the_job_resumes_right(tmp_path):
+    config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", epochs=4,
+                                 steps_per_loop=5, checkpoint_every_steps=50)
+    checkpoints = pathlib.Path(tmp_path, "job", CHECKPOINT_DIR)
+    first = preempt(config, after=50)
+    assert first > 50 and tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{first}")
+    # No worker's private save is left behind to be read back later.
+    assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
+
+    # The newest checkpoint corrupted (a disk that filled up): every worker goes back to the
+    # one before it, which TensorFlow's preemption handler must not undo.
+    for data_file in checkpoints.glob(f"ckpt-{first}.data-*"):
+        data_file.write_bytes(data_file.read_bytes()[:100])
+    output = SigtermWorkerOne(after=100)
+    assert run_job(config, output) == 128 + signal.SIGTERM, output.getvalue()[-3000:]
+    assert resumed_steps(output.getvalue()) == {"0": 50, "1": 50}
+    second = int(re.search(r"SIGTERM: stopped at step (\d+)", output.getvalue()).group(1))
+    assert second > 100
 
     output = io.StringIO()
     assert run_job(config, output) == 0, output.getvalue()[-3000:]
-    assert len(re.findall(rf"resumed from \S+ckpt-{step} at step {step}", output.getvalue())) == 2
+    assert resumed_steps(output.getvalue()) == {"0": second, "1": second}
     assert json.loads(pathlib.Path(tmp_path, "job", RESULT_FILE).read_text())["steps"] == 400
+    assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
+
+
+def test_a_diverging_job_retries_from_the_same_checkpoint_on_every_worker(tmp_path):
+    # Gradient descent at 1e30: step 1 is finite, step 2 is not, on every worker at once
+    # (gradients are summed across them). Only the chief has seen ckpt-1 being written.
+    config = dataclasses.replace(
+        CONFIG, logdir=str(tmp_path), optimizer="gd", learning_rate=1e30,
+        lr_schedule="constant", epochs=1, steps_per_loop=1, checkpoint_every_steps=1,
+        nonfinite_retries=2)
+    output = io.StringIO()
+    assert run_job(config, output) == 1
+    text = output.getvalue()
+    for worker in "01":
+        retries = re.findall(rf"\[worker {worker}\] .*resumed from \S+ckpt-1 at step 1", text)
+        assert len(retries) == 2, text[-3000:]
+        assert re.search(rf"\[worker {worker}\] .*step 2: the loss or a gradient is not "
+                         "finite.*stopping", text), text[-3000:]

@@ -6,9 +6,13 @@ the previous checkpoint as the latest.
 """
 
 import os
+from typing import Callable
 
 import tensorflow as tf
 from absl import logging
+
+
+CHECKPOINT_NAME = "ckpt"  # Files are <directory>/ckpt-<step>.*
 
 
 class CheckpointError(ValueError):
@@ -17,6 +21,20 @@ class CheckpointError(ValueError):
 
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
+    """Restores `path`; OpError or IndexError if it is unreadable (truncated, corrupted),
+    CheckpointError if a model of another shape wrote it."""
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    except ValueError as e:
+        # The wording differs between plain and mirrored variables.
+        if "incompatible tensor with shape" in str(e) or "Shape mismatch" in str(e):
+            raise CheckpointError(
+                f"{path}: written by a model of another shape ({_first_line(e)}); "
+                "train into another --logdir or --run_name") from None
+        raise
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint,
@@ -29,14 +47,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint,
     """
     for path in reversed(manager.checkpoints):
         try:
-            checkpoint.restore(path).assert_existing_objects_matched()
-        except ValueError as e:
-            # The wording differs between plain and mirrored variables.
-            if "incompatible tensor with shape" in str(e) or "Shape mismatch" in str(e):
-                raise CheckpointError(
-                    f"{path}: written by a model of another shape ({_first_line(e)}); "
-                    "train into another --logdir or --run_name") from None
-            raise
+            restore(checkpoint, path)
         except (tf.errors.OpError, IndexError) as e:
             logging.warning("%s is unreadable (%s); trying the checkpoint before it",
                             path, _first_line(e))
@@ -48,37 +59,70 @@ def restore_latest(checkpoint: tf.train.Checkpoint,
     return None
 
 
+def _step_of(path: str | None) -> int:
+    return int(path.rsplit("-", 1)[1]) if path else 0
+
+
 class RunCheckpoints:
     """A run's checkpoints, written the way TensorFlow's multi-worker guide asks.
 
     Every worker takes part in a save (the variables are read collectively), but only the
     chief's lands in the run's checkpoint directory; the others write to a private directory
-    and delete it straight after. Every worker restores from the chief's directory.
+    and delete it straight after. Every worker restores the checkpoint the chief picks (its
+    newest readable one): another worker's own listing of the chief's directory may be stale
+    (a CheckpointManager lists it once, when created) or, on storage that is not shared, empty.
+
+    `chief_value(value)` returns the chief's `value` on every worker: a collective that every
+    worker calls at the same point (distribute.chief_value); in one process, the identity.
     """
 
     def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int,
-                 is_chief: bool = True, worker_id: int = 0):
-        self.checkpoint = checkpoint
-        self.is_chief = is_chief
-        self.read_manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep)
-        self.write_manager = self.read_manager if is_chief else tf.train.CheckpointManager(
-            checkpoint, os.path.join(directory, f".worker-{worker_id}"), max_to_keep=1)
+                 is_chief: bool = True, task: str = "worker 0",
+                 chief_value: Callable[[int], int] = lambda value: value):
+        self.checkpoint, self.directory = checkpoint, directory
+        self.is_chief, self.task, self._chief_value = is_chief, task, chief_value
+        write_directory = directory if is_chief else os.path.join(
+            directory, "." + task.replace(" ", "-"))
+        if not is_chief and tf.io.gfile.exists(write_directory):
+            # Left by a save that was killed before its cleanup; never read back.
+            tf.io.gfile.rmtree(write_directory)
+        self.manager = tf.train.CheckpointManager(
+            checkpoint, write_directory, max_to_keep if is_chief else 1,
+            checkpoint_name=CHECKPOINT_NAME)
         self._saved = None  # (step, path) of this process's last save.
 
-    @property
-    def latest(self) -> str | None:
-        return self.read_manager.latest_checkpoint
-
-    def restore_latest(self) -> str | None:
-        return restore_latest(self.checkpoint, self.read_manager)
+    def restore(self) -> str | None:
+        """Restores, on every worker, the chief's newest readable checkpoint; returns its path,
+        or None when there is none. A collective when there are several workers."""
+        try:
+            path = restore_latest(self.checkpoint, self.manager) if self.is_chief else None
+        except CheckpointError:
+            self._chief_value(-1)  # The others stop too, rather than wait for the chief.
+            raise
+        step = self._chief_value(_step_of(path))
+        if step < 0:
+            raise CheckpointError(f"{self.directory}: the chief could not restore a checkpoint "
+                                  "(its log says why)")
+        if self.is_chief or step == 0:
+            return path
+        path = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{step}")
+        if not tf.io.gfile.exists(path + ".index"):
+            raise CheckpointError(f"{path}: the chief restored it, but {self.task} does not see "
+                                  "it; every worker must reach --logdir on storage they share")
+        try:
+            restore(self.checkpoint, path)
+        except (tf.errors.OpError, IndexError) as e:
+            raise CheckpointError(f"{path}: the chief restored it, but {self.task} cannot read "
+                                  f"it ({_first_line(e)})") from None
+        return path
 
     def save(self, step: int) -> str:
         """Saves the state at `step`, once: a second save of the same step returns the first's
         path (an epoch end that is also a preemption point saves one checkpoint)."""
         if self._saved and self._saved[0] == step:
             return self._saved[1]
-        path = self.write_manager.save(checkpoint_number=step)
+        path = self.manager.save(checkpoint_number=step)
         if not self.is_chief:
-            tf.io.gfile.rmtree(self.write_manager.directory)
+            tf.io.gfile.rmtree(self.manager.directory)
         self._saved = (step, path)
         return path

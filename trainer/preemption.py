@@ -55,19 +55,21 @@ class SigtermWatcher:
 
 
 class ClusterPreemption:
-    """Several workers: TensorFlow's handler aligns them, saves, and we raise Preempted.
+    """Several workers: TensorFlow's handler aligns them, we save, and we raise Preempted.
 
     `save_if_preempted(step)` must be called by every worker after the same compiled calls.
     """
 
     requested = False  # The handler stops the loop itself, by raising.
 
-    def __init__(self, cluster_resolver, write_manager: tf.train.CheckpointManager):
+    def __init__(self, cluster_resolver, checkpoints: RunCheckpoints):
         self._step = 0
         self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            cluster_resolver, write_manager,
+            cluster_resolver, _RestoredAlready(tf.train.Checkpoint(), checkpoints.directory),
             termination_config=tf.distribute.experimental.TerminationConfig(
-                exit_fn=self._stop))
+                exit_fn=self._stop,
+                # Our save: into the run's directory on the chief, cleaned up on the others.
+                save_fn=lambda checkpoint_number: checkpoints.save(checkpoint_number)))
 
     def _stop(self):
         raise Preempted(f"SIGTERM: stopped at step {self._step} with a checkpoint saved "
@@ -84,9 +86,21 @@ class ClusterPreemption:
         pass
 
 
+class _RestoredAlready(tf.train.CheckpointManager):
+    """The manager PreemptionCheckpointHandler is handed, for what it does on creation: restore
+    the newest checkpoint listed. The run has restored already, the checkpoint every worker
+    agreed on, which is not the newest when that one is unreadable; saves go to save_fn."""
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str):
+        super().__init__(checkpoint, directory, max_to_keep=1)
+
+    def restore_or_initialize(self):
+        return None
+
+
 def watch(strategy: tf.distribute.Strategy, checkpoints: RunCheckpoints):
     """The SIGTERM watcher for this strategy, to use as a context manager."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is not None and resolver.cluster_spec().jobs:
-        return ClusterPreemption(resolver, checkpoints.write_manager)
+        return ClusterPreemption(resolver, checkpoints)
     return SigtermWatcher(checkpoints.save)

@@ -67,8 +67,10 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     state = build_train_state(strategy, config, steps_per_epoch)
 
     # Checkpoint: resume from the newest readable one in the run directory.
-    checkpoints = RunCheckpoints(state.checkpoint(), os.path.join(run_dir, CHECKPOINT_DIR),
-                                 config.max_checkpoints, chief, distribute.worker_id(strategy))
+    checkpoints = RunCheckpoints(
+        state.checkpoint(), os.path.join(run_dir, CHECKPOINT_DIR), config.max_checkpoints,
+        chief, distribute.task_name(strategy),
+        chief_value=lambda value: distribute.chief_value(strategy, value))
     run = Resumable(state, inputs, checkpoints, config.nonfinite_retries)
     step = run.resume()
     writer = MetricsWriter(run_dir, is_chief=chief)
@@ -122,11 +124,11 @@ class Resumable:
                  retries: int):
         self.state, self.inputs, self.checkpoints = state, inputs, checkpoints
         self.retries_left = retries
-        self.batches = None
+        self.batches = self.restored_from = None
 
     def resume(self) -> int:
-        """Restores the newest readable checkpoint (if any); returns its step."""
-        path = self.checkpoints.restore_latest()
+        """Restores the chief's newest readable checkpoint (if any); returns its step."""
+        path = self.restored_from = self.checkpoints.restore()
         if path:
             logging.info("resumed from %s at step %d", path, self.state.step)
         self.batches = self.inputs.train_batches(self.state.step)
@@ -137,14 +139,20 @@ class Resumable:
 
     def recover(self, error: NonFiniteError) -> int:
         """Back to the last good checkpoint (nothing of the failed run was saved), or raises
-        DivergenceError once the retries are spent."""
-        if not self.retries_left or not self.checkpoints.latest:
-            raise DivergenceError(f"{error}; stopping. The latest checkpoint, "
-                                  f"{self.checkpoints.latest}, holds no NaN.") from None
+        DivergenceError once the retries are spent. Every worker decides alike: they all met
+        the same non-finite values (gradients are summed across them) and restore the
+        checkpoint the chief picks."""
+        if not self.retries_left:
+            raise DivergenceError(f"{error}; stopping. The run's checkpoints hold no NaN: "
+                                  "the last one is where to go on from.") from None
         self.retries_left -= 1
         logging.warning("%s; restoring the last good checkpoint (%d retries left)",
                         error, self.retries_left)
-        return self.resume()
+        step = self.resume()
+        if self.restored_from is None:
+            raise DivergenceError(f"{error}; stopping: no checkpoint to go back to "
+                                  "(--checkpoint_every_steps saves more often)") from None
+        return step
 
 
 def export_once(model: tf.Module, export_dir: str) -> None:
