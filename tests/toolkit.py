@@ -30,12 +30,14 @@ def environment(**overrides: str) -> dict[str, str]:
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO), **overrides)
 
 
-def start_module(module: str, *args, **popen_options) -> subprocess.Popen:
+def start_module(module: str, *args, wrapper: tuple[str, ...] = (),
+                 **popen_options) -> subprocess.Popen:
     """Starts `python -m <module> <args>` from the repository, its stdout and stderr as text
-    pipes; `popen_options` (cwd, env, stdout, stderr, ...) replace those defaults."""
+    pipes; `popen_options` (cwd, env, stdout, stderr, ...) replace those defaults. `wrapper`
+    is a command that runs it (`unshare --user`, `setpriv ...`)."""
     options = dict(cwd=REPO, env=environment(), stdout=subprocess.PIPE,
                    stderr=subprocess.PIPE, text=True)
-    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)],
+    return subprocess.Popen([*wrapper, sys.executable, "-m", module, *map(str, args)],
                             **{**options, **popen_options})
 
 
