@@ -11,6 +11,7 @@ Sources (`--data_source`):
 """
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import pathlib
@@ -47,6 +48,15 @@ class Mnist:
     validation: Split
     test: Split
     source: str  # "bundled" or "tfds": what was actually read.
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of every split's images and labels, in order: equal iff the data is."""
+        digest = hashlib.sha256()
+        for split in (self.train, self.validation, self.test):
+            digest.update(np.ascontiguousarray(split.images).tobytes())
+            digest.update(np.ascontiguousarray(split.labels, np.int32).tobytes())
+        return digest.hexdigest()[:16]
 
 
 def _read_idx(path: pathlib.Path) -> np.ndarray:

@@ -9,6 +9,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data import build_mnist, mnist
+from trainer import distribute, run_data
+from trainer.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,29 @@ def test_tfds_source_reads_through_tfds_load():
     assert data.source == "tfds"
     assert len(data.validation) == 10_000 and len(data.train) == 2_000
     assert data.train.images.shape[1:] == (28, 28) and data.train.labels.dtype == np.int32
+
+
+def test_the_fingerprint_tells_the_sources_apart_and_not_two_loads(bundled):
+    assert len(bundled.fingerprint) == 16
+    assert mnist.load("bundled").fingerprint == bundled.fingerprint
+    with tfds.testing.mock_data(num_examples=12_000):
+        assert mnist.load("tfds").fingerprint != bundled.fingerprint
+
+
+def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, bundled, monkeypatch):
+    strategy = distribute.create_strategy("auto", 1)
+    run_data.write_record(str(tmp_path), bundled)
+    config = TrainConfig(logdir=str(tmp_path))
+    with tfds.testing.mock_data(num_examples=12_000):
+        # TFDS is prepared now, so auto would take it; the run goes on with what it began on.
+        monkeypatch.setattr(mnist, "tfds_is_prepared", lambda data_dir: True)
+        assert mnist.load("auto").source == "tfds"
+        resumed = run_data.load(config, strategy, str(tmp_path))
+        assert resumed.fingerprint == bundled.fingerprint
+        with pytest.raises(mnist.DataError, match=(
+                r"^--data_source=tfds: the run in \S+ trained on bundled MNIST \(fingerprint "
+                rf"{bundled.fingerprint}\), this is tfds MNIST \(\w+\); resume on the data")):
+            run_data.load(TrainConfig(data_source="tfds"), strategy, str(tmp_path))
 
 
 def test_train_batches_are_a_pure_function_of_seed_and_epoch(bundled):

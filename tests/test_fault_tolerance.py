@@ -18,6 +18,7 @@ from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, assert_same_tensors, checkpoin
 from trainer.checkpointing import CheckpointError
 from trainer.config import TrainConfig
 from trainer.preemption import PREEMPTED_EXIT_CODE
+from trainer.run_files import RESULT_FILE
 from trainer.train_lib import CHECKPOINT_DIR, DivergenceError, train_and_evaluate
 
 # Deterministic, on 2 logical CPU replicas, checkpointing often: 400 steps of a small model.
@@ -139,7 +140,9 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, ca
     config = dataclasses.replace(SMALL, logdir=str(tmp_path))
     train_and_evaluate(config)
     checkpoints = pathlib.Path(tmp_path, config.run_dir_name(), CHECKPOINT_DIR)
+    # As if killed before its end: neither exported nor finished.
     shutil.rmtree(checkpoints.parent / "export")
+    (checkpoints.parent / RESULT_FILE).unlink()
     for data_file in checkpoints.glob("ckpt-100.data-*"):
         data_file.write_bytes(data_file.read_bytes()[:100])  # Truncated, as by a full disk.
     caplog.set_level(logging.INFO, logger="absl")  # The SavedModel export turned it down.
@@ -155,7 +158,8 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, ca
 def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
     config = dataclasses.replace(SMALL, logdir=str(tmp_path), run_name="run")
     train_and_evaluate(config)
-    os.remove(os.path.join(tmp_path, "run", "flags.txt"))  # Only the checkpoint can tell.
+    for name in ("flags.txt", RESULT_FILE):  # Only the checkpoint can tell.
+        os.remove(os.path.join(tmp_path, "run", name))
     wider = dataclasses.replace(config, hidden_sizes=(48,))
     with pytest.raises(CheckpointError, match=r"ckpt-100: written by a model of another shape"):
         train_and_evaluate(wider)

@@ -1,14 +1,28 @@
-"""launch.local refuses bad trainer flags before any worker starts; free ports for servers."""
+"""launch.local refuses bad trainer flags before any worker starts; its workers' ports are
+closed to everyone outside the job, or the job needs --allow_exposed_ports; SIGTERM reaches the
+workers; free ports for servers."""
 
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import signal
 import socket
+import subprocess
+import time
 
+import psutil
 import pytest
 
 from launch import local
 from launch.ports import free_ports
 from launch.trainer_args import LaunchError, check_trainer_args
-from tests.toolkit import environment, finish, start_module
+from tests.toolkit import (checkpoint_path, command_line, environment, finish,
+                           start_module)
 from trainer import terminal
+from trainer.config import TrainConfig
+from trainer.run_files import RESULT_FILE
 
 BAD_TRAINER_ARGS = [
     (["--epoch=2"], "trainer argument --epoch=2: --epoch is not a trainer flag"),
@@ -30,10 +44,12 @@ def test_run_job_refuses_a_bad_trainer_flag_before_starting_a_worker(trainer_arg
     assert started == []
 
 
+# TF_CPP_MIN_LOG_LEVEL unset, as in a user's shell: the launcher loads TensorFlow too.
+USER_ENV = {k: v for k, v in environment().items() if k != terminal.CPP_LEVEL}
+
+
 def test_the_command_line_refuses_each_bad_trainer_flag_with_one_line():
-    # TF_CPP_MIN_LOG_LEVEL unset, as in a user's shell: the launcher loads TensorFlow too.
-    env = {k: v for k, v in environment().items() if k != terminal.CPP_LEVEL}
-    started = [start_module("launch.local", "--workers=2", "--", *trainer_args, env=env)
+    started = [start_module("launch.local", "--workers=2", "--", *trainer_args, env=USER_ENV)
                for trainer_args, _ in BAD_TRAINER_ARGS]
     for process, (_, message) in zip(started, BAD_TRAINER_ARGS):
         done = finish(process)
@@ -55,3 +71,103 @@ def test_free_ports_are_distinct_and_bindable():
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+# A job of 2 workers, 100 steps of a small model.
+SMALL_JOB = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=1, warmup_epochs=0.0,
+                        steps_per_loop=25, data_source="bundled")
+# A user namespace that maps no one may make no namespace (EPERM), as where unprivileged user
+# namespaces are disabled; it leaves the network as it is.
+NO_NAMESPACES = ("unshare", "--user")
+
+
+def listening_worker(launcher: subprocess.Popen, timeout: float = 180) -> tuple[int, int]:
+    """(pid, port) of worker 0 of a launch.local job once it listens: the port its own TF_CONFIG
+    names, listening in the table of the worker's network namespace (/proc/<pid>/net)."""
+    deadline = time.monotonic() + timeout
+    while launcher.poll() is None and time.monotonic() < deadline:
+        for process in psutil.Process(launcher.pid).children(recursive=True):
+            try:
+                config = json.loads(process.environ().get("TF_CONFIG", "null"))
+            except psutil.Error:  # Exited meanwhile.
+                continue
+            if config and config["task"]["index"] == 0:
+                port = int(config["cluster"]["worker"][0].rsplit(":", 1)[1])
+                if port in listening_ports(process.pid):
+                    return process.pid, port
+        time.sleep(0.1)
+    raise AssertionError(f"no worker listened (launcher exit code {launcher.poll()})")
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports in state LISTEN (0A) in the network namespace of process `pid`."""
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = pathlib.Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:  # The process exited, or there is no IPv6.
+            continue
+        ports |= {int(local_address.rsplit(":", 1)[1], 16)
+                  for _, local_address, _, state, *_ in map(str.split, rows) if state == "0A"}
+    return ports
+
+
+def test_a_process_outside_the_job_cannot_reach_its_workers(tmp_path):
+    config = dataclasses.replace(SMALL_JOB, logdir=str(tmp_path), run_name="job")
+    launcher = start_module("launch.local", "--workers=2", "--", *command_line(config),
+                            stderr=subprocess.STDOUT)
+    try:
+        pid, port = listening_worker(launcher)
+        # The worker listens on the port in a network of its own; here, the same address is
+        # closed: TensorFlow's client (experimental_connect_to_host) could not get in either.
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10)
+    finally:
+        done = finish(launcher)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert json.loads((tmp_path / "job" / RESULT_FILE).read_text())["steps"] == 100
+    fingerprints = dict(re.findall(r"\[worker (\d)\] .*weights fingerprint at step 100: (\w+)",
+                                   done.stdout))
+    assert len(fingerprints) == 2 and len(set(fingerprints.values())) == 1
+
+
+def test_without_a_private_network_the_job_is_refused_in_one_line():
+    done = finish(start_module("launch.local", "--workers=2", "--", "--epochs=1",
+                               wrapper=NO_NAMESPACES, env=USER_ENV))
+    assert done.returncode == 1
+    assert done.stdout == ""  # No worker started.
+    assert done.stderr.splitlines() == [
+        "launch.local: error: cannot give the workers a private network (unshare(CLONE_NEWNET): "
+        "Operation not permitted; unshare(CLONE_NEWUSER|CLONE_NEWNET): Operation not "
+        "permitted); without one their gRPC servers listen on every interface and run any op "
+        "anyone sends; --allow_exposed_ports runs the job anyway"]
+
+
+def test_allow_exposed_ports_runs_the_job_open_and_sigterm_to_the_launcher_stops_it(tmp_path):
+    config = dataclasses.replace(SMALL_JOB, logdir=str(tmp_path), run_name="job", epochs=20,
+                                 steps_per_loop=5, checkpoint_every_steps=25)
+    launcher = start_module("launch.local", "--workers=2", "--allow_exposed_ports", "--",
+                            *command_line(config), wrapper=NO_NAMESPACES,
+                            stderr=subprocess.STDOUT)
+    output = []
+    try:
+        # What the warning says: the worker's port is open to this process.
+        _, port = listening_worker(launcher)
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        for line in launcher.stdout:
+            output.append(line)
+            if re.fullmatch(r"\[worker 0\] .*saved \S+/ckpt-25", line.strip()):
+                break
+        launcher.send_signal(signal.SIGTERM)
+    finally:
+        done = finish(launcher)
+    output = "".join(output) + done.stdout
+    assert ("[launcher] warning: no private network for the workers (unshare(CLONE_NEWNET): "
+            in output)
+    # Passed on to every worker, which saved the same step and exited 143.
+    assert done.returncode == 128 + signal.SIGTERM, output[-3000:]
+    stopped = re.findall(r"\[worker (\d)\] .*SIGTERM: stopped at step (\d+)", output)
+    assert sorted(worker for worker, _ in stopped) == ["0", "1"]
+    assert len({step for _, step in stopped}) == 1
+    assert os.path.exists(checkpoint_path(tmp_path / "job", int(stopped[0][1])) + ".index")

@@ -7,6 +7,8 @@ import os
 import pathlib
 import re
 import signal
+import subprocess
+import sys
 import threading
 
 import psutil
@@ -14,8 +16,9 @@ import pytest
 import tensorflow as tf
 
 from launch import local
-from tests.toolkit import (assert_same_tensors, checkpoint_path, checkpoint_tensors, command_line,
-                           environment)
+from launch.ports import free_ports
+from tests.toolkit import (REPO, assert_same_tensors, checkpoint_path, checkpoint_tensors,
+                           command_line, environment, finish, start_module)
 from trainer.config import TrainConfig
 from trainer.run_files import RESULT_FILE
 from trainer.train_lib import CHECKPOINT_DIR, train_and_evaluate
@@ -173,3 +176,26 @@ def test_a_diverging_job_retries_from_the_same_checkpoint_on_every_worker(tmp_pa
         assert len(retries) == 2, text[-3000:]
         assert re.search(rf"\[worker {worker}\] .*step 2: the loss or a gradient is not "
                          "finite.*stopping", text), text[-3000:]
+
+
+# A worker whose TFDS MNIST is tfds.testing's random images: the real entry point under it.
+_ON_MOCK_TFDS = ("import tensorflow_datasets as tfds\nfrom absl import app\n"
+                 "from trainer import train\n"
+                 "with tfds.testing.mock_data(num_examples=12_000):\n    app.run(train.main)")
+
+
+def test_workers_holding_different_data_stop_naming_the_odd_one(tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    args = ["--strategy=multi_worker", *command_line(dataclasses.replace(
+        CONFIG, logdir=str(tmp_path), run_name="job", data_source="tfds"))]
+    workers = [
+        start_module("trainer.train", *args, "--data_source=bundled", env=environment(
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))),
+        subprocess.Popen([sys.executable, "-c", _ON_MOCK_TFDS, *args], cwd=REPO, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})))]
+    for done in [finish(worker, timeout=180) for worker in workers]:
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert re.search(r"^trainer.train: error: worker 1 hold\(s\) other MNIST than the chief ",
+                         done.stderr, re.MULTILINE), done.stderr[-3000:]
+    assert not list(pathlib.Path(tmp_path, "job").glob("ckpt*"))

@@ -144,14 +144,23 @@ def test_resuming_with_other_settings_is_refused(finished_run):
         train_and_evaluate(other)
 
 
-def test_the_command_line_reruns_a_run_from_its_flagfile(finished_run):
+def test_rerunning_a_finished_run_from_its_flagfile_reports_it_and_trains_nothing(finished_run):
     config, result = finished_run
+    before = {p: p.stat().st_mtime_ns for p in pathlib.Path(result.run_dir).rglob("*")}
     done = run_module("trainer.train", f"--flagfile={os.path.join(result.run_dir, FLAGS_FILE)}",
                       "--cpu_replicas=2")
     assert done.returncode == 0, done.stderr[-2000:]
-    # Already finished: it resumes at the last step, trains nothing, and keeps the export.
-    assert f"after {result.steps} steps" in done.stdout
-    assert "already in" in done.stderr
+    assert done.stdout == (f"trainer.train: {result.run_dir} finished before: test accuracy "
+                           f"{result.test_accuracy:.4f} after {result.steps} steps; nothing was "
+                           "trained. To train anew, change a setting that names the run, or "
+                           "pass another --run_name or --logdir\n")
+    assert {p: p.stat().st_mtime_ns for p in pathlib.Path(result.run_dir).rglob("*")} == before
+
+
+def test_the_run_records_the_data_it_trains_on(finished_run):
+    config, result = finished_run
+    recorded = json.loads(pathlib.Path(result.run_dir, "data.json").read_text())
+    assert recorded == {"source": "bundled", "fingerprint": mnist.load("bundled").fingerprint}
 
 
 def test_helpfull_documents_every_setting():

@@ -22,7 +22,7 @@ from trainer.config import ConfigError
 from trainer.distribute import StrategyError
 from trainer import flags as trainer_flags
 from trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
-from trainer.train_lib import DivergenceError, train_and_evaluate
+from trainer.train_lib import DivergenceError, RunFinished, train_and_evaluate
 
 FLAGS = flags.FLAGS
 trainer_flags.define_flags(FLAGS)
@@ -37,6 +37,9 @@ def main(argv):
     except (ConfigError, StrategyError, DataError, CheckpointError, DivergenceError) as e:
         # One line naming the flag, file or step; non-zero exit; nothing written over.
         sys.exit(f"trainer.train: error: {e}")
+    except RunFinished as e:
+        print(f"trainer.train: {e}")  # Not an error: the run is there, finished.
+        return
     except Preempted as e:
         logging.warning("%s", e)
         sys.exit(PREEMPTED_EXIT_CODE)

@@ -13,8 +13,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from data import mnist
-from trainer import actions, distribute, preemption, run_files
+from trainer import actions, distribute, preemption, run_data, run_files
 from trainer.checkpointing import RunCheckpoints
 from trainer.config import ConfigError, TrainConfig
 from trainer.controller import Controller
@@ -41,8 +40,21 @@ class TrainResult:
     export_dir: str
 
 
+class RunFinished(Exception):
+    """The run asked for finished before: nothing is trained again. `result` is its
+    result.json."""
+
+    def __init__(self, run_dir: str, result: dict):
+        super().__init__(
+            f"{run_dir} finished before: test accuracy {result['test_accuracy']:.4f} after "
+            f"{result['steps']} steps; nothing was trained. To train anew, change a setting "
+            "that names the run, or pass another --run_name or --logdir")
+        self.result = result
+
+
 def train_and_evaluate(config: TrainConfig) -> TrainResult:
     config.validate()
+    check_not_finished(config)  # Raises RunFinished: a rerun reports, never retrains.
 
     # Devices and strategy.
     if config.deterministic:  # Process-wide; our own randomness is already seeded.
@@ -51,8 +63,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     chief = distribute.is_chief(strategy)  # Only the chief writes files of the run.
     logging.info("%s", distribute.describe(strategy))
 
-    # Input pipeline.
-    data = mnist.load(config.data_source, config.data_dir)
+    # Input pipeline, on the run's data: the same on every worker and across resumptions.
+    data = run_data.load(config, strategy, os.path.join(config.logdir, config.run_dir_name()))
     inputs = Inputs(strategy, data, config.batch_size, config.seed)
     steps_per_epoch = inputs.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
@@ -62,6 +74,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     run_dir = prepare_run_dir(config)
     if chief:
         run_files.write_flags(run_dir, config.flagfile())  # Kept as is on a resumption.
+        run_data.write_record(run_dir, data)  # So is this.
 
     # Train state: model, optimizer, metrics and compiled loops, under the strategy's scope.
     state = build_train_state(strategy, config, steps_per_epoch)
@@ -178,11 +191,25 @@ def prepare_run_dir(config: TrainConfig) -> str:
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"--logdir={config.logdir}: {run_dir} is not writable")
     logging.info("run directory: %s", run_dir)
+    _check_same_settings(config, run_dir)
+    return run_dir
+
+
+def check_not_finished(config: TrainConfig) -> None:
+    """Raises RunFinished if the run `config` names has its result.json (and was run with
+    these settings: others are an error, as for any resumption)."""
+    run_dir = os.path.join(config.logdir, config.run_dir_name())
+    result = run_files.read_result(run_dir)
+    if result is not None:
+        _check_same_settings(config, run_dir)
+        raise RunFinished(run_dir, result)
+
+
+def _check_same_settings(config: TrainConfig, run_dir: str) -> None:
     flags_path = os.path.join(run_dir, run_files.FLAGS_FILE)
     if os.path.exists(flags_path):  # A resumption.
         with open(flags_path) as f:
             config.check_resumable(f.read(), flags_path)
-    return run_dir
 
 
 def weights_fingerprint(model: tf.Module) -> str:
