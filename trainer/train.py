@@ -43,11 +43,14 @@ def main(argv):
     except Preempted as e:
         logging.warning("%s", e)
         sys.exit(PREEMPTED_EXIT_CODE)
-    except tf.errors.UnavailableError as e:
-        # Another worker of a multi-worker job died (killed, out of memory, node lost): this
-        # one's collectives fail once its heartbeats stop. Not this worker's fault, so it exits
-        # as a preempted one does, for the scheduler to restart the job from its checkpoints
-        # rather than fail it as it would on exit 1 (launch/kubernetes_lib.py).
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+        # Another task of a multi-worker job died (killed, out of memory, node lost) or came
+        # back as a new process: this one's collectives fail. TensorFlow's own coordinator takes
+        # these two errors, naming a task, for a worker failure. Not this worker's fault, so it
+        # exits as a preempted one does, for the scheduler to restart the job from its
+        # checkpoints rather than fail it as it would on exit 1 (launch/kubernetes_lib.py).
+        if "/job:" not in e.message:
+            raise
         logging.warning("a worker of the job was lost; stopping: %s; rerun the same command "
                         "to resume from the latest checkpoint", " ".join(e.message.split()))
         sys.exit(PREEMPTED_EXIT_CODE)
