@@ -4,19 +4,25 @@
         --name=mlp-4x1 --workers=4 --gpus_per_worker=1 -- --epochs=20 --batch_size=512 \\
         | kubectl apply -f -
 
-A Kubeflow TFJob (the training operator must be installed) whose --workers pods are a chief
-and --workers - 1 workers, each running
+--workers pods, each running
 `python -m trainer.train --strategy=multi_worker --logdir=/mnt/runs --run_name=<--name> <flags
 after -->` with --gpus_per_worker GPUs and the PersistentVolumeClaim --claim mounted at
-/mnt/runs; then, unless --notensorboard, a TensorBoard Deployment and Service over the claim:
+/mnt/runs: by default a Kubeflow TFJob of a chief and --workers - 1 workers (the training
+operator must be installed); with --engine=indexed-job an Indexed Job and a headless Service,
+which any Kubernetes runs. A NetworkPolicy admits only the job's own pods to the trainers.
+Then, unless --notensorboard, a TensorBoard Deployment and Service over the claim:
 kubectl port-forward service/<name>-tensorboard 6006.
 """
 
 import sys
 
+# Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
+# terminal shows of it.
+import trainer.terminal
+
 from absl import app, flags
 
-from launch.kubernetes_lib import TrainingJob, manifests, to_yaml
+from launch.kubernetes_lib import ENGINES, TrainingJob, manifests, to_yaml
 from launch.trainer_args import LaunchError
 
 _DEFAULTS = TrainingJob(image="", claim="")
@@ -27,7 +33,10 @@ flags.DEFINE_string("image", _DEFAULTS.image,
 flags.DEFINE_string("claim", _DEFAULTS.claim,
                     "PersistentVolumeClaim every pod mounts at the logdir (ReadWriteMany when "
                     "pods may run on several nodes).")
-flags.DEFINE_string("name", _DEFAULTS.name, "The TFJob's name, and the run's.")
+flags.DEFINE_enum("engine", _DEFAULTS.engine, ENGINES,
+                  "What runs the pods: tfjob, Kubeflow's training operator; indexed-job, "
+                  "Kubernetes' own Job controller (an Indexed Job and a headless Service).")
+flags.DEFINE_string("name", _DEFAULTS.name, "The job's name, and the run's.")
 flags.DEFINE_integer("workers", _DEFAULTS.workers, "Training processes: 1 chief + N-1 workers.")
 flags.DEFINE_integer("gpus_per_worker", _DEFAULTS.gpus_per_worker,
                      "nvidia.com/gpu limit of each training pod; 0: CPU only.")
@@ -42,7 +51,7 @@ def main(argv):
     job = TrainingJob(image=FLAGS.image, claim=FLAGS.claim, name=FLAGS.name,
                       workers=FLAGS.workers, gpus_per_worker=FLAGS.gpus_per_worker,
                       namespace=FLAGS.namespace, tensorboard=FLAGS.tensorboard,
-                      trainer_args=tuple(argv[1:]))
+                      trainer_args=tuple(argv[1:]), engine=FLAGS.engine)
     try:
         documents = manifests(job)
     except LaunchError as e:
