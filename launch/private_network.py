@@ -56,7 +56,10 @@ def enter() -> None:
             _map_to_self(uid, gid)
         except Unavailable as e:
             raise Unavailable(f"{alone}; in a user namespace, {e}") from None
-    _bring_up("lo")
+    try:
+        _bring_up("lo")
+    except OSError as e:  # A sandbox (AppArmor, seccomp) may deny what the namespace allows.
+        raise Unavailable(f"bringing up lo: {e.strerror}") from None
 
 
 def _map_to_self(uid: int, gid: int) -> None:

@@ -1,6 +1,6 @@
 """launch/private_network.py: a command run in a private network sees only its own loopback, up,
-as the same user, and what it listens on there is closed to everyone outside; where the kernel
-refuses a namespace, one line and the command never runs."""
+as the same user, and what it listens on there is closed to everyone outside; where none can be
+made, one line and the command never runs."""
 
 import json
 import os
@@ -51,14 +51,26 @@ def test_a_command_in_a_private_network_listens_where_no_one_outside_reaches(wra
     assert done.returncode == 0, done.stderr
 
 
-def test_where_the_kernel_refuses_a_namespace_it_is_one_line_and_nothing_runs(tmp_path):
-    # A user namespace that maps no one may make no namespace: unshare(2) says EPERM, as it does
-    # where unprivileged user namespaces are disabled.
+# Wrappers under which no private network can be made, and the line that says why.
+REFUSALS = {
+    # A user namespace that maps no one may make no namespace: unshare(2) says EPERM, as it
+    # does where unprivileged user namespaces are disabled.
+    "no namespaces": (("unshare", "--user"),
+                      "unshare(CLONE_NEWNET): Operation not permitted; "
+                      "unshare(CLONE_NEWUSER|CLONE_NEWNET): Operation not permitted"),
+}
+if os.geteuid() == 0:
+    # The namespace is made, but its loopback cannot be brought up, as in a sandbox that
+    # denies it.
+    REFUSALS["without CAP_NET_ADMIN"] = (("setpriv", "--bounding-set=-net_admin"),
+                                         "bringing up lo: Operation not permitted")
+
+
+@pytest.mark.parametrize("wrapper, reason", REFUSALS.values(), ids=REFUSALS.keys())
+def test_where_no_private_network_can_be_made_it_is_one_line_and_nothing_runs(wrapper, reason,
+                                                                               tmp_path):
     ran = tmp_path / "ran"
-    done = finish(start_module("launch.private_network", "touch", ran,
-                               wrapper=("unshare", "--user")))
+    done = finish(start_module("launch.private_network", "touch", ran, wrapper=wrapper))
     assert done.returncode == 1
-    assert done.stderr == ("launch.private_network: error: unshare(CLONE_NEWNET): Operation not "
-                           "permitted; unshare(CLONE_NEWUSER|CLONE_NEWNET): Operation not "
-                           "permitted\n")
+    assert done.stderr == f"launch.private_network: error: {reason}\n"
     assert not ran.exists()
