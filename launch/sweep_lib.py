@@ -26,8 +26,8 @@ from typing import NamedTuple
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from launch.trainer_args import (TRAINER_FLAGS, LaunchError, check_trainer_args,
-                                  check_trainer_flag)
+from launch.trainer_args import (TRAINER_FLAGS, LaunchError, check_trainer_flag,
+                                  check_trainer_flag_names, trainer_config)
 from trainer import run_files
 from trainer.preemption import PREEMPTED_EXIT_CODE
 from trainer.tables import markdown_table
@@ -86,10 +86,14 @@ class Sweep:
         return os.path.join(self.sweep_dir, run.name)
 
     def command(self, run: SweepRun) -> list[str]:
-        # Later flags win in absl, so the grid's values override the base flagfile's.
+        return [sys.executable, "-m", "trainer.train", *self.run_flags(run)]
+
+    def run_flags(self, run: SweepRun) -> list[str]:
+        """The trainer's flags for `run`: later flags win in absl, so the grid's values override
+        the base flagfile's."""
         base = [f"--flagfile={self.base_flagfile}"] if self.base_flagfile else []
-        return [sys.executable, "-m", "trainer.train", *base, f"--logdir={self.sweep_dir}",
-                f"--run_name={run.name}", *self.trainer_args, *run.trainer_flags()]
+        return [*base, f"--logdir={self.sweep_dir}", f"--run_name={run.name}",
+                *self.trainer_args, *run.trainer_flags()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +123,17 @@ def plan_sweep(grid_entries: list[str], sweep_dir: str, base_flagfile: str | Non
     for entry in grid_entries:
         flag, values = _parse_grid_entry(entry, swept_by)
         grid[flag], swept_by[flag] = values, f"--grid={entry}"
-    trainer_args = check_trainer_args(list(trainer_args), {**SET_BY_SWEEP, **swept_by})
-    return Sweep(os.path.abspath(sweep_dir), grid,
-                 os.path.abspath(base_flagfile) if base_flagfile else None, tuple(trainer_args))
+    check_trainer_flag_names(list(trainer_args), {**SET_BY_SWEEP, **swept_by})
+    sweep = Sweep(os.path.abspath(sweep_dir), grid,
+                  os.path.abspath(base_flagfile) if base_flagfile else None, tuple(trainer_args))
+    for run in sweep.runs:
+        # Every run's flags as its trainer will read them (values together, since one may bound
+        # another, e.g. --warmup_epochs by --epochs), so that no run starts if any would fail.
+        try:
+            trainer_config(sweep.run_flags(run))
+        except LaunchError as e:
+            raise LaunchError(f"run {run.name}: {e}") from None
+    return sweep
 
 
 # How each kind of trainer flag is written in a grid, and what makes a value bad.
@@ -279,9 +291,18 @@ class _Launcher:
             log.seek(attempt_start)
             lines = [line.strip() for line in log if line.strip()]
         status = PREEMPTED if exit_code == PREEMPTED_EXIT_CODE else f"{FAILED} (exit {exit_code})"
-        message = lines[-1] if lines else "no output"
+        message = reason(lines)
         self.say(f"{status} {run.name}: {message} (log: {os.path.join(run_dir, LOG_FILE)})")
         return RunReport(run, status, message=message)
+
+
+def reason(lines: list[str]) -> str:
+    """Why a trainer stopped, from its output: its one-line error, or absl's flag error (which
+    absl follows with a pointer to --helpfull), else its last line."""
+    for line in reversed(lines):
+        if line.startswith(("trainer.train: error: ", "FATAL Flags parsing error: ")):
+            return line
+    return lines[-1] if lines else "no output"
 
 
 def run_sweep(sweep: Sweep, parallel: int = 1, out=sys.stdout) -> list[RunReport]:

@@ -34,6 +34,18 @@ def check_trainer_args(args: list[str], set_by_launcher: dict[str, str],
     With `replicas` (the job's replicas in sync), the global --batch_size must also divide
     evenly among them, as the trainer requires (trainer/inputs.py).
     """
+    check_trainer_flag_names(args, set_by_launcher)
+    config = trainer_config(args)
+    if replicas is not None and config.batch_size % replicas:
+        # The trainer's own words (trainer/inputs.py), said before any replica starts.
+        raise LaunchError(f"--batch_size={config.batch_size}: must be divisible by the "
+                          f"{replicas} replicas in sync")
+    return list(args)
+
+
+def check_trainer_flag_names(args: list[str], set_by_launcher: dict[str, str]) -> None:
+    """Raises LaunchError unless each of `args` is --<trainer flag>[=<value>] that the launcher
+    does not set itself (see check_trainer_flag), or --verbosity; values are not looked at."""
     for arg in args:
         match = re.fullmatch(r"--(\w+)(=.*)?", arg)
         if not match:
@@ -45,12 +57,6 @@ def check_trainer_args(args: list[str], set_by_launcher: dict[str, str],
         if name in TERMINAL_FLAGS:
             continue
         check_trainer_flag(name, f"trainer argument {arg}", set_by_launcher)
-    config = trainer_config(args)
-    if replicas is not None and config.batch_size % replicas:
-        # The trainer's own words (trainer/inputs.py), said before any replica starts.
-        raise LaunchError(f"--batch_size={config.batch_size}: must be divisible by the "
-                          f"{replicas} replicas in sync")
-    return list(args)
 
 
 def trainer_config(args: list[str]) -> TrainConfig:

@@ -90,6 +90,8 @@ CASES = [
              "launch.sweep: error: --grid=learning_rate: expected <trainer flag>=<value>"),
     BadInput("launch.sweep", "--sweep_dir=new --grid=seed=1 --parallel=0",
              "flag --parallel=0: must be at least 1"),
+    BadInput("launch.sweep", "--sweep_dir=new --grid=optimizer=sgd",
+             "launch.sweep: error: run optimizer=sgd: --optimizer=sgd: value should be one of"),
     BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 --workers=0",
              "launch.kubernetes: error: --workers=0: must be at least 1 (the chief)"),
     BadInput("launch.local", "--workers=0", "flag --workers=0: 0 is not a positive integer"),

@@ -3,6 +3,7 @@
 
 import dataclasses
 import glob
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
 from tensorboard.plugins.hparams import list_session_groups
 
+from launch import sweep_lib
 from launch.sweep_lib import EXPERIMENT_SUFFIX, LOG_FILE, METRICS, SESSION_SUFFIX, plan_sweep
 from launch.trainer_args import LaunchError
 from tests.toolkit import command_line, finish, start_module
@@ -124,17 +126,32 @@ def test_a_rerun_skips_the_finished_runs(sweep):
 
 
 def test_a_failing_run_is_reported_and_the_others_still_finish(tmp_path):
+    # A batch the flags allow but the data cannot fill: only the trainer finds out.
     trainer_args = [arg for arg in TINY if not arg.startswith("--batch_size=")]
-    code, stdout, stderr = run_sweep(tmp_path, "--parallel=2", "--grid=batch_size=0,1000",
+    code, stdout, stderr = run_sweep(tmp_path, "--parallel=2", "--grid=batch_size=100000,1000",
                                      trainer_args=trainer_args)
     assert code == 1, stdout + stderr
     failed, finished = table_rows(stdout)
-    assert failed[0] == "0" and failed[2].startswith("failed (exit 1): ")
-    assert failed[2].endswith("trainer.train: error: --batch_size=0: must be at least 1")
-    assert f"log of batch_size=0: {tmp_path / 'batch_size=0' / LOG_FILE}" in stdout
+    assert failed[0] == "100000" and failed[2].startswith("failed (exit 1): ")
+    assert failed[2].endswith("trainer.train: error: --batch_size=100000: larger than the 50000 "
+                              "training examples")
+    assert f"log of batch_size=100000: {tmp_path / 'batch_size=100000' / LOG_FILE}" in stdout
     assert finished[0] == "1000" and finished[2] == "finished"
     assert (tmp_path / "batch_size=1000" / RESULT_FILE).exists()
-    assert not (tmp_path / "batch_size=0" / RESULT_FILE).exists()
+    assert not (tmp_path / "batch_size=100000" / RESULT_FILE).exists()
+
+
+def test_a_run_refused_by_absl_reports_absls_error_not_its_pointer_to_help(tmp_path):
+    # The base flagfile is checked when the sweep is planned; gone by the time the run starts,
+    # absl refuses it and adds "Pass --helpshort or --helpfull to see help on flags." below.
+    base = tmp_path / "base_flags.txt"
+    base.write_text("--epochs=1\n")
+    sweep = plan_sweep(["seed=1"], str(tmp_path / "sweep"), str(base), TINY)
+    base.unlink()
+    [report] = sweep_lib.run_sweep(sweep, out=io.StringIO())
+    assert report.status == "failed (exit 1)"
+    assert report.message == ("FATAL Flags parsing error: ERROR:: Unable to open flagfile: "
+                              f"[Errno 2] No such file or directory: '{base}'")
 
 
 def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
@@ -175,14 +192,26 @@ def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
     ([], {}, "--grid: give at least one"),
     (["seed=1"], {"sweep_dir": "{tmp}/a_file"}, "--sweep_dir={tmp}/a_file: is a file"),
     (["seed=1"], {"base_flagfile": "{tmp}/none"}, "--base_flagfile={tmp}/none: no such file"),
+    # Values the trainer would refuse, checked by its own flags for every run before any starts.
+    (["optimizer=adam,sgd"], {},
+     "run optimizer=sgd: --optimizer=sgd: value should be one of <gd|momentum|adam>"),
+    (["learning_rate=1e-3,-1"], {},
+     "run learning_rate=-1.0: --learning_rate=-1.0: must be a positive number"),
+    (["epochs=1,2", "warmup_epochs=1"], {}, "run epochs=1,warmup_epochs=1.0: "
+     "--warmup_epochs=1.0: must be at least 0 and less than --epochs"),
+    (["seed=1"], {"trainer_args": ["--epochs=0"]}, "run seed=1: --epochs=0: must be at least 1"),
+    (["seed=1"], {"base_flagfile": "{tmp}/bad_flags.txt"},
+     "run seed=1: --precision=float8: value should be one of"),
 ])
 def test_bad_input_is_refused_naming_the_flag(tmp_path, grid, options, problem):
     (tmp_path / "a_file").write_text("")
-    options = {name: value.format(tmp=tmp_path) for name, value in options.items()}
+    (tmp_path / "bad_flags.txt").write_text("--precision=float8\n")
+    options = {name: value.format(tmp=tmp_path) if isinstance(value, str) else value
+               for name, value in options.items()}
     with pytest.raises(LaunchError) as error:
         plan_sweep(grid, **{"sweep_dir": str(tmp_path / "sweep"), **options})
     assert problem.format(tmp=tmp_path) in str(error.value)
-    assert os.listdir(tmp_path) == ["a_file"]
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "bad_flags.txt"]
 
 
 def test_values_name_runs_and_reach_the_trainer_as_typed_flags(tmp_path):
@@ -201,3 +230,5 @@ def test_values_name_runs_and_reach_the_trainer_as_typed_flags(tmp_path):
         plan_sweep(["seed=1"], str(tmp_path), trainer_args=["--logdir=x"])
     with pytest.raises(LaunchError, match=r"--epoch is not a trainer flag"):
         plan_sweep(["seed=1"], str(tmp_path), trainer_args=["--epoch=2"])
+    # Values are checked per run, together: this warm-up is shorter than every run.
+    plan_sweep(["epochs=20,30"], str(tmp_path), trainer_args=["--warmup_epochs=15"])
