@@ -16,6 +16,9 @@ tab compares the runs: tensorboard --logdir=runs/sweep1.
 
 import sys
 
+# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+import trainer.terminal
+
 from absl import app, flags
 
 from launch.sweep_lib import exit_code, format_table, plan_sweep, run_sweep

@@ -28,6 +28,7 @@ from tensorboard.plugins.hparams import api as hp
 
 from launch.trainer_args import (TRAINER_FLAGS, LaunchError, check_trainer_flag,
                                   check_trainer_flag_names, trainer_config)
+import trainer.terminal
 from trainer import run_files
 from trainer.preemption import PREEMPTED_EXIT_CODE
 from trainer.tables import markdown_table
@@ -239,8 +240,9 @@ class _Launcher:
         self.stopping = threading.Event()
         self._lock = threading.Lock()  # Guards _running and the lines printed to `out`.
         self._running: set[subprocess.Popen] = set()
-        # `-m trainer.train` must import from this repository whatever the working directory.
-        self._env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        # `-m trainer.train` must import from this repository whatever the working directory;
+        # each trainer sets up its terminal from its own flags (trainer.terminal.user_environ).
+        self._env = dict(trainer.terminal.user_environ(), PYTHONPATH=os.pathsep.join(
             filter(None, [_REPO, os.environ.get("PYTHONPATH")])))
 
     def stop(self, signum, frame) -> None:
