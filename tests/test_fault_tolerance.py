@@ -1,6 +1,7 @@
 """Killed, preempted, diverging and corrupted runs lose nothing that was completed."""
 
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data import mnist
 from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, assert_same_tensors, checkpoint_path,
                            checkpoint_tensors, command_line, finish, start_module)
 from trainer.checkpointing import CheckpointError
@@ -119,16 +121,42 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
             assert np.isfinite(value).all(), key
 
 
-def test_divergence_recovery_restores_the_last_good_checkpoint_and_gives_up_after_its_tries(
-        tmp_path, caplog):
+def test_a_run_that_diverges_on_every_retry_stops_cleanly_after_its_tries(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="absl")
     config = dataclasses.replace(DIVERGING, logdir=str(tmp_path), nonfinite_retries=2)
     with pytest.raises(DivergenceError, match="step 2"):
         train_and_evaluate(config)
-    restores = [r for r in caplog.records if "restoring the last good checkpoint" in r.message]
-    assert [r.message.split("(")[-1] for r in restores] == ["1 retries left)", "0 retries left)"]
-    assert sum("resumed from" in r.message and "ckpt-1 at step 1" in r.message
-               for r in caplog.records) == 2
+    messages = [r.message for r in caplog.records]
+    restores = [m for m in messages if "restoring the last good checkpoint" in m]
+    assert [m.split("(")[-1] for m in restores] == ["1 retries left)", "0 retries left)"]
+    assert sum("resumed from" in m and "ckpt-1 at step 1" in m for m in messages) == 2
+    # Each retry went on past the batch it diverged on; at 1e30 the next diverged as well.
+    assert messages.count("skipping the batches of steps 2-2, on which training diverged") == 2
+
+
+def test_a_spike_in_one_window_is_skipped_and_the_run_finishes(tmp_path, monkeypatch):
+    # Batch 37 of the data (the one step 38 takes) holds NaN images, once: the step diverges.
+    poisoned_batch = 37
+    real_train_dataset = mnist.train_dataset
+
+    def with_a_spike(split, global_batch_size, seed, first_epoch=0, skip_batches=0):
+        first = first_epoch * (len(split) // global_batch_size) + skip_batches
+        return real_train_dataset(split, global_batch_size, seed, first_epoch, skip_batches
+                                  ).enumerate(first).map(lambda position, batch: (
+            tf.where(position == poisoned_batch, np.nan, batch[0]), batch[1]))
+
+    monkeypatch.setattr(mnist, "train_dataset", with_a_spike)
+    config = dataclasses.replace(CONFIG, logdir=str(tmp_path), epochs=1, nonfinite_retries=1,
+                                 deterministic=False)
+    result = train_and_evaluate(config)
+    # Back to ckpt-25, past the batches of steps 26-38; then 100 steps all told.
+    assert result.steps == 100 and result.skipped_windows == [[26, 38]]
+    assert result.test_accuracy > 0.9
+    run_dir = pathlib.Path(result.run_dir)
+    assert json.loads((run_dir / RESULT_FILE).read_text())["skipped_windows"] == [[26, 38]]
+    # Checkpointed, so a run resumed after the skip skips the same batches.
+    saved = tf.train.load_checkpoint(checkpoint_path(run_dir, 100))
+    assert saved.get_tensor("skipped_windows/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [[26, 38]]
 
 
 SMALL = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(32,), batch_size=1000,

@@ -38,6 +38,8 @@ class TrainResult:
     test_accuracy: float
     test_loss: float
     export_dir: str
+    # [first, last] step of each window whose batches were skipped after a divergence.
+    skipped_windows: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 class RunFinished(Exception):
@@ -122,7 +124,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     logging.info("weights fingerprint at step %d: %s", step, weights_fingerprint(state.model))
     result = TrainResult(run_dir=run_dir, steps=step, test_accuracy=test["accuracy"],
                          test_loss=test["loss"],
-                         export_dir=os.path.join(run_dir, EXPORT_DIR, str(step)))
+                         export_dir=os.path.join(run_dir, EXPORT_DIR, str(step)),
+                         skipped_windows=state.skipped_windows.numpy().tolist())
     if chief:
         export_once(state.model, result.export_dir)
         run_files.write_result(run_dir, result)
@@ -141,31 +144,40 @@ class Resumable:
 
     def resume(self) -> int:
         """Restores the chief's newest readable checkpoint (if any); returns its step."""
-        path = self.restored_from = self.checkpoints.restore()
-        if path:
-            logging.info("resumed from %s at step %d", path, self.state.step)
-        self.batches = self.inputs.train_batches(self.state.step)
+        self._restore()
+        self.batches = self.inputs.train_batches(self.state.data_position)
         return self.state.step
 
     def train(self, step: int, num_steps: int) -> dict:
         return self.state.train(self.batches, num_steps)
 
     def recover(self, error: NonFiniteError) -> int:
-        """Back to the last good checkpoint (nothing of the failed run was saved), or raises
-        DivergenceError once the retries are spent. Every worker decides alike: they all met
-        the same non-finite values (gradients are summed across them) and restore the
-        checkpoint the chief picks."""
+        """Back to the last good checkpoint (nothing of the failed run was saved), past the
+        batches that diverged, as large runs do; raises DivergenceError once the retries are
+        spent. Every worker decides alike: they all met the same non-finite values (gradients
+        are summed across them) and restore the checkpoint the chief picks."""
         if not self.retries_left:
             raise DivergenceError(f"{error}; stopping. The run's checkpoints hold no NaN: "
                                   "the last one is where to go on from.") from None
         self.retries_left -= 1
         logging.warning("%s; restoring the last good checkpoint (%d retries left)",
                         error, self.retries_left)
-        step = self.resume()
+        self._restore()
         if self.restored_from is None:
             raise DivergenceError(f"{error}; stopping: no checkpoint to go back to "
                                   "(--checkpoint_every_steps saves more often)") from None
-        return step
+        # Replaying the same batches from the same weights would diverge again.
+        first, last = self.state.step + 1, max(error.step, self.state.step + 1)
+        self.state.skip_window(first, last)
+        logging.warning("skipping the batches of steps %d-%d, on which training diverged",
+                        first, last)
+        self.batches = self.inputs.train_batches(self.state.data_position)
+        return self.state.step
+
+    def _restore(self) -> None:
+        path = self.restored_from = self.checkpoints.restore()
+        if path:
+            logging.info("resumed from %s at step %d", path, self.state.step)
 
 
 def export_once(model: tf.Module, export_dir: str) -> None:

@@ -48,14 +48,30 @@ class TrainState:
     train_loop: tf.types.experimental.PolymorphicFunction  # (iterator, num_steps)
     eval_loop: tf.types.experimental.PolymorphicFunction  # (iterator, num_batches)
     global_batch_size: int
+    # [first step, last step] of each window of steps whose batches were skipped because
+    # training diverged on them (Resumable.recover); checkpointed, so a resumed run skips them.
+    skipped_windows: tf.Variable  # int64 [windows, 2]
 
     @property
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
+    @property
+    def data_position(self) -> int:
+        """The training batch the next step takes: one a step, past the windows skipped."""
+        windows = self.skipped_windows.numpy()
+        return self.step + int((windows[:, 1] - windows[:, 0] + 1).sum())
+
+    def skip_window(self, first_step: int, last_step: int) -> None:
+        """From now on, steps take the batches after those steps first..last would have."""
+        self.skipped_windows.assign(tf.concat(
+            [self.skipped_windows, tf.constant([[first_step, last_step]], tf.int64)], axis=0))
+
     def checkpoint(self) -> tf.train.Checkpoint:
-        """What a checkpoint holds: the weights and all optimizer state, step counter included."""
-        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+        """What a checkpoint holds: the weights, all optimizer state (step counter included)
+        and where the data stands."""
+        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                   skipped_windows=self.skipped_windows)
 
     def train(self, iterator, num_steps: int) -> dict[str, float]:
         """Runs `num_steps` compiled steps and returns what they measured.
@@ -120,4 +136,7 @@ def build_train_state(strategy: tf.distribute.Strategy, config: TrainConfig,
         train_loop=compile_loop(strategy, make_train_step(
             model, optimizer, train_metrics, config.batch_size, config.jit_compile)),
         eval_loop=compile_loop(strategy, make_eval_step(model, eval_metrics)),
-        global_batch_size=config.batch_size)
+        global_batch_size=config.batch_size,
+        # Bookkeeping of the input, not replica state: outside the strategy's scope.
+        skipped_windows=tf.Variable(tf.zeros([0, 2], tf.int64), shape=tf.TensorShape([None, 2]),
+                                    trainable=False, name="skipped_windows"))
