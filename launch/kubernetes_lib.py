@@ -186,6 +186,9 @@ def _indexed_job(job: TrainingJob) -> list[dict]:
         "spec": {
             "completionMode": "Indexed", "completions": job.workers, "parallelism": job.workers,
             "backoffLimit": BACKOFF_LIMIT,
+            # A replacement starts once the pod it replaces has stopped, never beside it: two
+            # trainers are never the same worker. (The one value podFailurePolicy allows.)
+            "podReplacementPolicy": "Failed",
             "podFailurePolicy": {"rules": [
                 # Bad flags, divergence, a broken run directory: a rerun would fail the same.
                 {"action": "FailJob", "onExitCodes": on_exit(1)},

@@ -101,7 +101,7 @@ def test_an_indexed_job_of_workers_that_find_each_other_by_dns():
     job, headless = documents["Job", "mlp-4x2"], documents["Service", "mlp-4x2-workers"]
     spec, pod = job["spec"], job["spec"]["template"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
-    assert spec["backoffLimit"] >= 1
+    assert spec["backoffLimit"] >= 1 and spec["podReplacementPolicy"] == "Failed"
     # Exit 1 fails the job at once; a disruption, or a trainer that checkpointed on SIGTERM or
     # lost a peer (exit 143), is retried without counting; anything else counts.
     assert spec["podFailurePolicy"]["rules"] == [
