@@ -29,6 +29,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SET_BY_SCRIPT = {"strategy": "launch.slurm (--strategy=multi_worker)"}
 # Slurm's most for --signal's seconds (a 16-bit field).
 MAX_SIGNAL_SECONDS = 65535
+# After one trainer ends, how long the others have to end too: the chief's export and
+# result.json come after the others are done, and must fit in it.
+PEERS_END_SECONDS = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +98,11 @@ def batch_script(job: SlurmJob) -> str:
         options.append(f"--partition={job.partition}")
     trainer = [job.python, "-m", "trainer.train", "--strategy=multi_worker", *job.trainer_args]
     # --distribution=block: the rank order slurm_cluster derives the cluster from.
-    # --kill-on-bad-exit: one failed trainer stops the others instead of leaving them waiting.
+    # --wait: once one trainer has ended, the others get this long to end too, then are
+    # stopped, rather than waiting on a dead peer. Not --kill-on-bad-exit: it kills the others
+    # the moment one exits 143, before they have exited 143 themselves, and srun then says 137.
     # --gpu-bind=none: each task sees its node's GPUs; the trainer takes its share of them.
-    srun = ["srun", "--distribution=block", "--kill-on-bad-exit=1",
+    srun = ["srun", "--distribution=block", f"--wait={PEERS_END_SECONDS}",
             *(["--gpu-bind=none"] if job.gpus_per_node else []), *trainer]
     return "\n".join([
         "#!/bin/bash",

@@ -141,7 +141,8 @@ def slurm_cluster(environ=os.environ) -> tf.distribute.cluster_resolver.SimpleCl
     rank, local = int(environ["SLURM_PROCID"]), int(environ["SLURM_LOCALID"])
     # scontrol expands Slurm's compressed node lists ("gpu[01-04,07]") as Slurm does.
     nodes = subprocess.run(["scontrol", "show", "hostnames", environ["SLURM_STEP_NODELIST"]],
-                           capture_output=True, text=True, check=True).stdout.split()
+                           capture_output=True, text=True, check=True,
+                           env=dict(environ)).stdout.split()
     tasks = _expand_tasks_per_node(environ["SLURM_STEP_TASKS_PER_NODE"])
     if len(tasks) != len(nodes):
         raise StrategyError(f"SLURM_STEP_TASKS_PER_NODE={environ['SLURM_STEP_TASKS_PER_NODE']} "
