@@ -9,7 +9,7 @@ checked by the trainer's own flag definitions and TrainConfig.validate, not by a
 import dataclasses
 import re
 
-from absl import flags
+from absl import flags, logging
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.flags import config_from_flags, define_flags
@@ -64,6 +64,10 @@ def trainer_config(args: list[str]) -> TrainConfig:
     --flagfile too); raises LaunchError with the trainer's one-line message otherwise."""
     flag_values = flags.FlagValues()
     define_flags(flag_values)
+    # What the trainer makes of its defaults (a shorter warm-up) it logs in each run's output;
+    # a launcher checking the flags of many runs says nothing of it.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
     try:
         flag_values(["trainer.train", *(arg for arg in args if not _is_terminal_flag(arg))])
         return config_from_flags(flag_values).validate()
@@ -72,6 +76,8 @@ def trainer_config(args: list[str]) -> TrainConfig:
         raise LaunchError(str(e).splitlines()[0].removeprefix("flag ")) from None
     except ConfigError as e:
         raise LaunchError(str(e)) from None
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def _is_terminal_flag(arg: str) -> bool:
