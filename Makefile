@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 # Extra flags for the trainer, e.g. make train ARGS="--epochs=2 --cpu_replicas=2"
 ARGS ?=
 
-.PHONY: train test bench convergence venv clean-venv
+.PHONY: train test bench convergence venv clean-venv slurm
 
 venv: $(VENV)/.installed
 
@@ -19,8 +19,19 @@ $(VENV)/.installed: requirements.txt
 train: venv
 	$(PYTHON) -m trainer.train $(ARGS)
 
-test: venv
+test: venv slurm
 	$(PYTHON) -m pytest -q tests
+
+# tests/test_slurm.py runs a real one-node Slurm cluster: Debian's slurm-wlm and munge, installed
+# here when missing (CI runs as root on a fresh machine; elsewhere through sudo).
+SLURM_PROGRAMS := sbatch srun scontrol slurmctld slurmd munged
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+slurm:
+	@for p in $(SLURM_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge; \
+	fi
 
 convergence: venv
 	$(PYTHON) -m trainer.convergence $(ARGS)

@@ -105,6 +105,23 @@ CASES = [
              "launch.local: error: --batch_size=129: must be divisible by the 2 replicas"),
     BadInput("launch.local", "-- --optimizer=sgd",
              "launch.local: error: --optimizer=sgd: value should be one of"),
+    BadInput("launch.slurm", "--nodes=0", "launch.slurm: error: --nodes=0: must be at least 1"),
+    BadInput("launch.slurm", "--tasks_per_node=0",
+             "launch.slurm: error: --tasks_per_node=0: must be at least 1"),
+    BadInput("launch.slurm", "--gpus_per_node=-1",
+             "launch.slurm: error: --gpus_per_node=-1: must be 0 (CPU only) or more"),
+    BadInput("launch.slurm", "--tasks_per_node=2 --gpus_per_node=3",
+             "launch.slurm: error: --gpus_per_node=3: must divide equally among the "
+             "--tasks_per_node=2 tasks"),
+    BadInput("launch.slurm", "--submit -- --strategy=mirrored",
+             "launch.slurm: error: trainer argument --strategy=mirrored: --strategy is set by "
+             "launch.slurm (--strategy=multi_worker)"),
+    BadInput("launch.slurm", "--submit -- --epoch=2",
+             "launch.slurm: error: trainer argument --epoch=2: --epoch is not a trainer flag"),
+    BadInput("launch.slurm", "--nodes=2 --gpus_per_node=4 -- --batch_size=100",
+             "launch.slurm: error: --batch_size=100: must be divisible by the 8 replicas"),
+    BadInput("launch.slurm", f"--script={A_FILE}/job.sh",
+             f"launch.slurm: error: --script={A_FILE}/job.sh: Not a directory"),
 ]
 
 
