@@ -44,6 +44,8 @@ CASES = [
     BadInput("trainer.train", "--cpu_replicas=0",
              "trainer.train: error: --cpu_replicas=0: must be at least 1"),
     BadInput("trainer.train", "--epochs=0", "trainer.train: error: --epochs=0: must be at least 1"),
+    BadInput("trainer.train", "--strategy=one_device --cpu_replicas=2",
+             "trainer.train: error: --cpu_replicas=2: --strategy=one_device trains on one device"),
     BadInput("trainer.train", "--cpu_replicas=2 --batch_size=129",
              "trainer.train: error: --batch_size=129: must be divisible by the 2 replicas"),
     BadInput("trainer.train", f"--logdir={A_FILE}",

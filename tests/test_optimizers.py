@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.optimizers import OPTIMIZERS, Adam, GradientDescent, Momentum, create
+from trainer.optimizers import (OPTIMIZERS, Adam, GradientDescent, Momentum, create,
+                                learning_rate_schedule)
 
 GRADS = [np.array([0.5, -1.0], np.float32), np.array([-0.25, 2.0], np.float32)]
 
@@ -122,6 +123,17 @@ def test_a_schedule_sees_the_step_count():
     for _ in range(3):
         optimizer.apply_gradients([tf.constant([1.0])], [x])
     np.testing.assert_allclose(x.numpy(), [-(1 + 1 / 2 + 1 / 3)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, want", [
+    ("constant", [0.0, 0.05, 0.1, 0.1, 0.1]),
+    ("cosine", [0.0, 0.05, 0.1, 0.05, 0.0]),
+])
+def test_both_schedules_warm_up_then_hold_or_decay(name, want):
+    schedule = learning_rate_schedule(name, 0.1, total_steps=110, warmup_steps=10)
+    got = [float(schedule(tf.constant(step))) for step in (0, 5, 10, 60, 110)]
+    np.testing.assert_allclose(got, want, atol=1e-7)
+    assert learning_rate_schedule("constant", 0.1, total_steps=110) == 0.1  # No warm-up: a number.
 
 
 def test_none_gradients_leave_their_variable_alone():

@@ -64,6 +64,9 @@ class TrainConfig:
 
         need(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
         need(self.cpu_replicas >= 1, "cpu_replicas", "must be at least 1")
+        need(self.cpu_replicas == 1 or self.strategy in ("auto", "mirrored"), "cpu_replicas",
+             f"--strategy={self.strategy} trains on one device (multi_worker: one per worker); "
+             "--strategy=mirrored or auto splits the CPU")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         need(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
              "must be a positive number")

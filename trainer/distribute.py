@@ -53,10 +53,7 @@ def create_strategy(name: str = "auto", cpu_replicas: int = 1) -> tf.distribute.
         raise StrategyError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
     if cpu_replicas < 1:
         raise StrategyError(f"--cpu_replicas must be at least 1, got {cpu_replicas}")
-    if name == "multi_worker":
-        if cpu_replicas > 1:
-            raise StrategyError(f"--cpu_replicas={cpu_replicas}: multi_worker runs one CPU "
-                                "replica per worker; start more workers instead")
+    if name == "multi_worker":  # One replica a worker on CPUs (TrainConfig checks cpu_replicas).
         if not os.environ.get("TF_CONFIG") and in_slurm_step():
             return _slurm_strategy()
         read_tf_config()

@@ -13,13 +13,14 @@ SCHEDULES = ("constant", "cosine")
 
 def learning_rate_schedule(name: str, peak: float, total_steps: int,
                            warmup_steps: int = 0) -> LearningRate:
-    """`constant`: `peak` throughout (no warm-up). `cosine`: linear warm-up from 0 over
-    `warmup_steps`, then cosine decay from `peak` to 0 at `total_steps`."""
+    """Both start with a linear warm-up from 0 over `warmup_steps`, if any. `constant`: then
+    `peak` to the end. `cosine`: then cosine decay from `peak` to 0 at `total_steps`."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    if name == "constant":
+    if name == "constant" and not warmup_steps:
         return peak
     return tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup_steps else peak,
-        decay_steps=total_steps - warmup_steps, warmup_steps=warmup_steps,
-        warmup_target=peak if warmup_steps else None)
+        decay_steps=max(total_steps - warmup_steps, 1), warmup_steps=warmup_steps,
+        warmup_target=peak if warmup_steps else None,
+        alpha=1.0 if name == "constant" else 0.0)  # Decays to alpha * peak: none at all.
