@@ -14,7 +14,10 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import os
 import pathlib
+import shutil
+import urllib.request
 
 import numpy as np
 import tensorflow as tf
@@ -85,14 +88,64 @@ def _bundled(directory: pathlib.Path) -> tuple[Split, Split]:
 def _tfds(data_dir: str | None) -> tuple[Split, Split]:
     import tensorflow_datasets as tfds  # Slow to import; only this path needs it.
 
+    if not tfds_is_prepared(data_dir):
+        _download(tfds.builder("mnist", data_dir=data_dir))
+
     def split(name):
-        dataset = tfds.load("mnist", split=name, data_dir=data_dir, as_supervised=True)
+        dataset = tfds.load("mnist", split=name, data_dir=data_dir, as_supervised=True,
+                            download=False)
         # Big batches rather than batch_size=-1, which aborts on tfds.testing.mock_data.
         batches = list(tfds.as_numpy(dataset.batch(10_000)))
         images = np.concatenate([images for images, _ in batches])
         labels = np.concatenate([labels for _, labels in batches])
         return Split(images.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int32))
     return split("train"), split("test")
+
+
+def _download(builder) -> None:
+    """TFDS's download and preparation of MNIST, or one DataError within seconds.
+
+    TFDS retries an unreachable host for minutes; one request first tells whether the download
+    can start at all. Whatever a failed download wrote is removed: TFDS would otherwise leave
+    `incomplete.*` directories behind.
+    """
+    url = next(iter(builder.url_infos))
+    problem = _unreachable(url)
+    where = os.path.dirname(os.path.dirname(builder.data_dir))  # <data_dir>/mnist/<version>
+    if problem:
+        raise DataError(f"--data_source=tfds: MNIST is not prepared in {where} and cannot be "
+                        f"downloaded ({url}: {problem}); --data_source=bundled reads the copy "
+                        "shipped in data/")
+    before = _paths_under(where)
+    logging.info("downloading MNIST into %s", where)
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # Network, disk: whatever stopped it, undo and say it in one line.
+        for path in sorted(_paths_under(where) - before):  # Parents before their children.
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"--data_source=tfds: downloading MNIST into {where} failed "
+                        f"({first_line}); nothing of it was kept") from None
+
+
+def _unreachable(url: str, timeout: float = 10.0) -> str | None:
+    """Why `url` cannot be fetched (urllib honours the *_proxy variables, as TFDS does)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors.
+        return str(getattr(e, "reason", e))
+    return None
+
+
+def _paths_under(root: str) -> set[str]:
+    """Every file and directory under `root` (and root itself, if it exists)."""
+    found = {root} if os.path.exists(root) else set()
+    for directory, subdirectories, files in os.walk(root):
+        found.update(os.path.join(directory, name) for name in subdirectories + files)
+    return found
 
 
 def tfds_is_prepared(data_dir: str | None) -> bool:

@@ -1,7 +1,9 @@
 """The bundled MNIST files, the sources, and the input pipelines."""
 
 import gzip
+import pathlib
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data import build_mnist, mnist
+from launch.ports import free_ports
+from tests.toolkit import environment, run_module
 from trainer import distribute, run_data
 from trainer.config import TrainConfig
 
@@ -63,35 +67,71 @@ def test_auto_uses_the_bundled_copy_when_tfds_is_not_prepared(tmp_path):
     assert mnist.load("auto", data_dir=str(tmp_path)).source == "bundled"
 
 
-def test_tfds_source_reads_through_tfds_load():
+@pytest.fixture
+def prepared_tfds(monkeypatch):
+    """tfds.testing's random images, standing in for MNIST prepared in TFDS's data_dir."""
+    monkeypatch.setattr(mnist, "tfds_is_prepared", lambda data_dir: True)
     with tfds.testing.mock_data(num_examples=12_000):
-        data = mnist.load("tfds")
+        yield
+
+
+def test_tfds_source_reads_through_tfds_load(prepared_tfds):
+    data = mnist.load("tfds")
     assert data.source == "tfds"
     assert len(data.validation) == 10_000 and len(data.train) == 2_000
     assert data.train.images.shape[1:] == (28, 28) and data.train.labels.dtype == np.int32
 
 
-def test_the_fingerprint_tells_the_sources_apart_and_not_two_loads(bundled):
+def test_the_fingerprint_tells_the_sources_apart_and_not_two_loads(bundled, prepared_tfds):
     assert len(bundled.fingerprint) == 16
     assert mnist.load("bundled").fingerprint == bundled.fingerprint
-    with tfds.testing.mock_data(num_examples=12_000):
-        assert mnist.load("tfds").fingerprint != bundled.fingerprint
+    assert mnist.load("tfds").fingerprint != bundled.fingerprint
 
 
-def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, bundled, monkeypatch):
+def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, bundled, prepared_tfds):
     strategy = distribute.create_strategy("auto", 1)
     run_data.write_record(str(tmp_path), bundled)
-    config = TrainConfig(logdir=str(tmp_path))
-    with tfds.testing.mock_data(num_examples=12_000):
-        # TFDS is prepared now, so auto would take it; the run goes on with what it began on.
-        monkeypatch.setattr(mnist, "tfds_is_prepared", lambda data_dir: True)
-        assert mnist.load("auto").source == "tfds"
-        resumed = run_data.load(config, strategy, str(tmp_path))
-        assert resumed.fingerprint == bundled.fingerprint
-        with pytest.raises(mnist.DataError, match=(
-                r"^--data_source=tfds: the run in \S+ trained on bundled MNIST \(fingerprint "
-                rf"{bundled.fingerprint}\), this is tfds MNIST \(\w+\); resume on the data")):
-            run_data.load(TrainConfig(data_source="tfds"), strategy, str(tmp_path))
+    # TFDS is prepared now, so auto would take it; the run goes on with what it began on.
+    assert mnist.load("auto").source == "tfds"
+    resumed = run_data.load(TrainConfig(logdir=str(tmp_path)), strategy, str(tmp_path))
+    assert resumed.fingerprint == bundled.fingerprint
+    with pytest.raises(mnist.DataError, match=(
+            r"^--data_source=tfds: the run in \S+ trained on bundled MNIST \(fingerprint "
+            rf"{bundled.fingerprint}\), this is tfds MNIST \(\w+\); resume on the data")):
+        run_data.load(TrainConfig(data_source="tfds"), strategy, str(tmp_path))
+
+
+def test_tfds_without_network_fails_in_one_line_and_leaves_nothing(tmp_path):
+    # A proxy that refuses every connection: offline for TFDS and for us, on any machine.
+    [closed_port] = free_ports(1)
+    started = time.monotonic()
+    done = run_module("trainer.train", "--data_source=tfds", f"--data_dir={tmp_path / 'tfds'}",
+                      f"--logdir={tmp_path / 'runs'}", timeout=120, env=environment(
+                          HTTPS_PROXY=f"http://127.0.0.1:{closed_port}", NO_PROXY=""))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"trainer.train: error: --data_source=tfds: MNIST is not prepared in {tmp_path / 'tfds'} "
+        "and cannot be downloaded (https://storage.googleapis.com/")
+    assert time.monotonic() - started < 60  # Not TFDS's minutes of retries.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_download_that_fails_midway_leaves_nothing_behind(tmp_path, monkeypatch):
+    def dies_midway(builder, *args, **kwargs):
+        partial = pathlib.Path(builder.data_dir).parent / "incomplete.A1B2"
+        partial.mkdir(parents=True)
+        (partial / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"half")
+        (tmp_path / "tfds" / "downloads").mkdir()
+        raise ConnectionError("Connection reset by peer\nand more")
+
+    monkeypatch.setattr(mnist, "_unreachable", lambda url: None)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", dies_midway)
+    (tmp_path / "tfds").mkdir()
+    (tmp_path / "tfds" / "kept.txt").write_text("the user's")
+    with pytest.raises(mnist.DataError, match=r"^--data_source=tfds: downloading MNIST into "
+                       r"\S+ failed \(Connection reset by peer\); nothing of it was kept$"):
+        mnist.load("tfds", data_dir=str(tmp_path / "tfds"))
+    assert sorted(p.name for p in (tmp_path / "tfds").iterdir()) == ["kept.txt"]
 
 
 def test_train_batches_are_a_pure_function_of_seed_and_epoch(bundled):

@@ -180,7 +180,8 @@ def test_a_diverging_job_retries_from_the_same_checkpoint_on_every_worker(tmp_pa
 
 # A worker whose TFDS MNIST is tfds.testing's random images: the real entry point under it.
 _ON_MOCK_TFDS = ("import tensorflow_datasets as tfds\nfrom absl import app\n"
-                 "from trainer import train\n"
+                 "from data import mnist\nfrom trainer import train\n"
+                 "mnist.tfds_is_prepared = lambda data_dir: True\n"
                  "with tfds.testing.mock_data(num_examples=12_000):\n    app.run(train.main)")
 
 
