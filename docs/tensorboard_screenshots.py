@@ -2,6 +2,7 @@
 
     python -m docs.tensorboard_screenshots                   # trains a short run first (about 30 s)
     python -m docs.tensorboard_screenshots --logdir=runs     # shows the runs already there
+    python -m docs.tensorboard_screenshots --out_dir=docs/screenshots   # the README's pictures
 
 Without --logdir (or with one that holds no runs yet) it writes a 3-epoch training run `mlp`
 and the convergence suite `convergence/...`, starts the real TensorBoard on a free 127.0.0.1
@@ -29,8 +30,9 @@ from launch.ports import free_ports
 flags.DEFINE_string("logdir", None,
                     "Runs to show. If unset or without runs, a short training run and the "
                     "convergence suite are written there first (unset: a temporary directory).")
-flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "screenshots"),
-                    "Where the PNG files go.")
+flags.DEFINE_string("out_dir", os.path.join("runs", "screenshots"),
+                    "Where the PNG files go; the README's pictures are in docs/screenshots, "
+                    "replaced only when named here.")
 flags.DEFINE_string("chromium", "chromium", "The Chromium binary (a path or a name on PATH).")
 
 FLAGS = flags.FLAGS

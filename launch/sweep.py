@@ -11,7 +11,7 @@ of --base_flagfile (a run's flags.txt works). Each run's output is appended to
 <run>/train.log. At the end a table lists every run's values, test accuracy and status;
 the exit code is 0 if every run finished, 1 if any failed, 143 if the sweep was stopped.
 Rerunning the same command skips the finished runs and resumes the others. TensorBoard's HParams
-tab compares the runs: tensorboard --logdir=runs/sweep1.
+tab compares the runs: .venv/bin/tensorboard --logdir runs/sweep1.
 """
 
 import sys

@@ -32,6 +32,7 @@ import trainer.terminal
 from trainer import run_files
 from trainer.preemption import PREEMPTED_EXIT_CODE
 from trainer.tables import markdown_table
+from trainer.terminal import tensorboard_command
 
 # Each run's trainer output, appended to on every attempt so a rerun never loses the last one.
 LOG_FILE = "train.log"
@@ -349,5 +350,5 @@ def format_table(sweep: Sweep, reports: list[RunReport]) -> str:
     table = markdown_table([*sweep.grid, "test accuracy", "status"], rows)
     logs = [f"log of {report.run.name}: {os.path.join(sweep.run_dir(report.run), LOG_FILE)}"
             for report in reports if report.message]
-    return "\n".join([table, *logs, f"TensorBoard (HParams tab): tensorboard "
-                                    f"--logdir={sweep.sweep_dir}"])
+    return "\n".join([table, *logs, "TensorBoard (HParams tab): "
+                                    + tensorboard_command(sweep.sweep_dir)])

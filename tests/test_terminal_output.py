@@ -2,7 +2,9 @@
 unless --verbosity asks for it; errors still one line; the benchmark's progress."""
 
 import logging
+import os
 import re
+import sys
 
 import pytest
 
@@ -78,6 +80,11 @@ def test_the_convergence_suite_prints_its_table_alone(outputs):
     assert code == 0, stderr[-3000:]
     assert stdout.startswith("| optimizer ")
     assert stderr == ""
+    # The hint names this Python's own tensorboard: .venv/bin/tensorboard from a checkout.
+    program, logdir = re.fullmatch(r"TensorBoard: (\S+) --logdir (\S+)",
+                                   stdout.splitlines()[-1]).groups()
+    assert logdir.endswith("/suite") and os.path.samefile(
+        os.path.join(REPO, program), os.path.join(os.path.dirname(sys.executable), "tensorboard"))
 
 
 @pytest.mark.parametrize("argv, verbosity", [

@@ -58,6 +58,17 @@ def refuse_arguments(argv: list[str], program: str) -> None:
                  "e.g. --epochs=2 (--helpshort lists them)")
 
 
+def tensorboard_command(logdir: str) -> str:
+    """The command that shows `logdir`, as this Python's own `tensorboard` (the one in .venv
+    when run from it), for the hints our programs print."""
+    program = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    if not os.path.exists(program):
+        program = "tensorboard"  # Installed elsewhere: whichever PATH finds.
+    elif not os.path.relpath(program).startswith(".."):
+        program = os.path.relpath(program)
+    return f"{program} --logdir {logdir}"
+
+
 def verbosity_from(argv: list[str]) -> int:
     """absl's --verbosity (or -v) as given in `argv` before flags are parsed; 0 if not given.
 

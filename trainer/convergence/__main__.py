@@ -94,7 +94,7 @@ def main(argv):
         # A logdir holding other settings: one line naming the flag, nothing written over.
         sys.exit(f"trainer.convergence: error: {e}")
     print(format_table(results))
-    print(f"TensorBoard: tensorboard --logdir={FLAGS.logdir}")
+    print(f"TensorBoard: {trainer.terminal.tensorboard_command(FLAGS.logdir)}")
     if FLAGS.json:
         os.makedirs(os.path.dirname(FLAGS.json) or ".", exist_ok=True)
         with open(FLAGS.json, "w") as f:
