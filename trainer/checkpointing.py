@@ -28,6 +28,10 @@ def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
     CheckpointError if a model of another shape wrote it."""
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
+    except AssertionError as e:
+        raise CheckpointError(
+            f"{path}: lacks some of what this trainer checkpoints ({_first_line(e)}); written "
+            "by an older version? Train into another --logdir or --run_name") from None
     except ValueError as e:
         # The wording differs between plain and mirrored variables.
         if "incompatible tensor with shape" in str(e) or "Shape mismatch" in str(e):
