@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from data import build_mnist, mnist
 from launch.ports import free_ports
 from tests.toolkit import environment, run_module
-from trainer import distribute, run_data
+from trainer import distribute, run_data, run_files
 from trainer.config import TrainConfig
 
 
@@ -90,7 +90,7 @@ def test_the_fingerprint_tells_the_sources_apart_and_not_two_loads(bundled, prep
 
 def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, bundled, prepared_tfds):
     strategy = distribute.create_strategy("auto", 1)
-    run_data.write_record(str(tmp_path), bundled)
+    run_files.write_data(str(tmp_path), run_data.record(bundled))
     # TFDS is prepared now, so auto would take it; the run goes on with what it began on.
     assert mnist.load("auto").source == "tfds"
     resumed = run_data.load(TrainConfig(logdir=str(tmp_path)), strategy, str(tmp_path))

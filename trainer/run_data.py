@@ -3,29 +3,24 @@
 The two sources hold the same 70,000 images in different orders (TFDS stores MNIST shuffled),
 so they cut different validation sets off the training images. Rather than reorder one to
 match the other, a run records what it trained on, the source and a fingerprint of the arrays
-(data.json), and refuses to resume on anything else; that also catches a data_dir whose TFDS
-copy changed. `auto` resumes on the source the run started with, and every worker checks at
-start that it holds what the chief holds.
+(`record`, kept in the run's data.json), and refuses to resume on anything else; that also
+catches a data_dir whose TFDS copy changed. `auto` resumes on the source the run started with,
+and every worker checks at start that it holds what the chief holds.
 """
-
-import json
-import os
 
 import tensorflow as tf
 from absl import logging
 
 from data import mnist
 from data.mnist import DataError
-from trainer import distribute
+from trainer import distribute, run_files
 from trainer.config import TrainConfig
-
-DATA_FILE = "data.json"
 
 
 def load(config: TrainConfig, strategy: tf.distribute.Strategy, run_dir: str) -> mnist.Mnist:
     """The data config asks for, checked against the run's record (if it has one) and
     against the chief's: a collective, so every worker calls it at the same point."""
-    recorded = read_record(run_dir)
+    recorded = run_files.read_data(run_dir)
     source = config.data_source
     if source == "auto" and recorded:
         source = recorded["source"]
@@ -55,19 +50,6 @@ def _check_same_on_every_worker(strategy: tf.distribute.Strategy, data: mnist.Mn
             f"{data.fingerprint}); give every worker the same --data_source and --data_dir")
 
 
-def read_record(run_dir: str) -> dict | None:
-    """{source, fingerprint} of the data the run started on, or None for a new run."""
-    try:
-        with open(os.path.join(run_dir, DATA_FILE)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-
-
-def write_record(run_dir: str, data: mnist.Mnist) -> None:
-    """Records the data a new run starts on; a resumption keeps the first record."""
-    path = os.path.join(run_dir, DATA_FILE)
-    if not os.path.exists(path):
-        with open(path + ".tmp", "w") as f:
-            json.dump({"source": data.source, "fingerprint": data.fingerprint}, f)
-        os.replace(path + ".tmp", path)
+def record(data: mnist.Mnist) -> dict:
+    """What data.json holds of `data`."""
+    return {"source": data.source, "fingerprint": data.fingerprint}

@@ -2,6 +2,7 @@
 
 flags.txt    the run's flags as an absl flagfile, headed by the git commit it ran at:
              `python -m trainer.train --flagfile=<run>/flags.txt` reruns it.
+data.json    the data the run started on: its source and fingerprint (trainer/run_data.py).
 result.json  written last, when the run has finished: its final scores. Sweeps read it to skip
              finished runs and to compare them.
 """
@@ -12,6 +13,7 @@ import os
 import subprocess
 
 FLAGS_FILE = "flags.txt"
+DATA_FILE = "data.json"
 RESULT_FILE = "result.json"
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,18 +42,38 @@ def write_flags(run_dir: str, flagfile: str) -> str:
 
 
 def write_result(run_dir: str, result) -> str:
-    """Writes a dataclass result as JSON, atomically: a reader never sees half a file."""
-    path = os.path.join(run_dir, RESULT_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump({**dataclasses.asdict(result), "git_commit": git_commit()}, f, indent=2)
-    os.replace(path + ".tmp", path)
-    return path
+    """Writes a dataclass result as JSON."""
+    return _write_json(os.path.join(run_dir, RESULT_FILE),
+                       {**dataclasses.asdict(result), "git_commit": git_commit()})
 
 
 def read_result(run_dir: str) -> dict | None:
     """The finished run's result.json, or None while it has not finished."""
+    return _read_json(os.path.join(run_dir, RESULT_FILE))
+
+
+def write_data(run_dir: str, record: dict) -> str:
+    """Writes data.json, unless the run has one: a resumption keeps the first run's."""
+    path = os.path.join(run_dir, DATA_FILE)
+    return path if os.path.exists(path) else _write_json(path, record)
+
+
+def read_data(run_dir: str) -> dict | None:
+    """The run's data.json, or None for a run that has not started."""
+    return _read_json(os.path.join(run_dir, DATA_FILE))
+
+
+def _write_json(path: str, content: dict) -> str:
+    """Atomically: a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(content, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def _read_json(path: str) -> dict | None:
     try:
-        with open(os.path.join(run_dir, RESULT_FILE)) as f:
+        with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
         return None

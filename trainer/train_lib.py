@@ -76,7 +76,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     run_dir = prepare_run_dir(config)
     if chief:
         run_files.write_flags(run_dir, config.flagfile())  # Kept as is on a resumption.
-        run_data.write_record(run_dir, data)  # So is this.
+        run_files.write_data(run_dir, run_data.record(data))  # So is this.
 
     # Train state: model, optimizer, metrics and compiled loops, under the strategy's scope.
     state = build_train_state(strategy, config, steps_per_epoch)
