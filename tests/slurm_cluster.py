@@ -5,8 +5,12 @@ logs), the daemons talk on ports of their own, and `stop()` ends exactly the pro
 `start()` started. Debian's `slurm-wlm` and `munge` packages provide the programs (`make test`
 installs them); without them the cluster fails to start, loudly.
 
-The node is named `localhost`, so that the trainers of a job, which address each other by
-their node's name as on a real cluster, do so over 127.0.0.1.
+Everything talks over 127.0.0.1: the controller's and the node's addresses are 127.0.0.1, and
+the node is named `localhost`, so that the trainers of a job, which address each other by their
+node's name as on a real cluster, do so over it too. Slurm has no setting for the address its
+daemons (and srun) listen on, and they listen on every interface; they cannot run in a
+loopback-only network namespace as launch.local's workers do, since Slurm resolves its own
+listening address with getaddrinfo(AI_ADDRCONFIG), which finds none where only loopback is up.
 """
 
 import os
@@ -17,7 +21,8 @@ import time
 
 from launch.ports import free_ports
 
-PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "scancel")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue",
+            "scancel")
 NODE = "localhost"
 
 _CONF = """\
@@ -69,6 +74,14 @@ class SlurmCluster:
         self._processes = []
 
     def start(self, timeout: float = 60) -> "SlurmCluster":
+        """Starts the daemons and waits for an idle node; stops what it started if that fails."""
+        try:
+            return self._start_daemons(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_daemons(self, timeout: float) -> "SlurmCluster":
         missing = [p for p in PROGRAMS if shutil.which(p) is None]
         if missing:
             raise RuntimeError(f"Slurm is not installed (no {', '.join(missing)}): "
@@ -117,7 +130,13 @@ class SlurmCluster:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Stops what start() started, newest first: slurmd, slurmctld, munged."""
+        """Cancels the jobs left (a slurmd that stops leaves its jobs running), then stops what
+        start() started, newest first: slurmd, slurmctld, munged."""
+        if len(self._processes) == 3 and all(p.poll() is None for p in self._processes):
+            try:
+                self._cancel_jobs()
+            except (subprocess.SubprocessError, TimeoutError) as e:
+                print(f"slurm_cluster: jobs left running: {e}")
         for process in reversed(self._processes):
             if process.poll() is None:
                 process.terminate()
@@ -133,6 +152,15 @@ class SlurmCluster:
         self._processes.append(subprocess.Popen([program, *map(str, args)], env=self.env,
                                                 stdout=log, stderr=subprocess.STDOUT))
         log.close()
+
+    def _jobs(self) -> list[str]:
+        return self.run("squeue", "--noheader", "--format=%i", timeout=10).stdout.split()
+
+    def _cancel_jobs(self) -> None:
+        jobs = self._jobs()
+        if jobs:
+            self.run("scancel", *jobs)
+            _wait_for(lambda: not self._jobs(), 60, "end of the jobs", self.dir / "slurmd.log")
 
     def _node_is_idle(self) -> bool:
         for process in self._processes:
