@@ -8,6 +8,7 @@ an uninterrupted run sees from there: resuming needs the step and nothing else.
 import tensorflow as tf
 
 from data import mnist
+from trainer import exiting
 from trainer.config import ConfigError
 
 EVAL_SPLITS = ("validation", "test")
@@ -33,10 +34,15 @@ class Inputs:
                           for name in EVAL_SPLITS}
 
     def train_batches(self, step: int = 0):
-        """An iterator over the distributed training batches from global step `step` on."""
+        """An iterator over the distributed training batches from global step `step` on.
+
+        Deleting it can take a minute (trainer/exiting.py): in a process that ends with
+        exiting.leave, it is never deleted.
+        """
         epoch, done = divmod(step, self.steps_per_epoch)
-        return iter(self.strategy.experimental_distribute_dataset(mnist.train_dataset(
-            self.data.train, self.batch_size, self.seed, first_epoch=epoch, skip_batches=done)))
+        dataset = mnist.train_dataset(self.data.train, self.batch_size, self.seed,
+                                      first_epoch=epoch, skip_batches=done)
+        return exiting.keep_until_exit(iter(self.strategy.experimental_distribute_dataset(dataset)))
 
     def eval_set(self, name: str) -> tuple[tf.distribute.DistributedDataset, int]:
         """(dataset, number of batches) of an eval split: `validation` or `test`."""

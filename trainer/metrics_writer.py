@@ -3,6 +3,7 @@
 Only the chief writes; on other workers every call is a no-op, so callers never branch on it.
 """
 
+import weakref
 from typing import Mapping
 
 import numpy as np
@@ -12,12 +13,17 @@ import tensorflow as tf
 class MetricsWriter:
     """Writes tf.summary events under one run directory."""
 
+    # Every writer not closed yet, for close_all() when the process leaves without Python's
+    # teardown (trainer/exiting.py), e.g. on an error that left a run's writer open.
+    _open = weakref.WeakSet()
+
     def __init__(self, logdir: str, is_chief: bool = True):
         self.logdir = logdir
         self.is_chief = is_chief
         self._writer = (tf.summary.create_file_writer(logdir) if is_chief
                         else tf.summary.create_noop_writer())
         self._graph_written = False
+        MetricsWriter._open.add(self)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         with self._writer.as_default(step=step):
@@ -56,6 +62,13 @@ class MetricsWriter:
 
     def close(self) -> None:
         self._writer.close()
+        MetricsWriter._open.discard(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Flushes and closes every writer still open."""
+        for writer in list(cls._open):
+            writer.close()
 
     def __enter__(self):
         return self

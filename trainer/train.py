@@ -20,6 +20,7 @@ from data.mnist import DataError
 from trainer.checkpointing import CheckpointError
 from trainer.config import ConfigError
 from trainer.distribute import StrategyError
+from trainer.exiting import exit_promptly
 from trainer import flags as trainer_flags
 from trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
 from trainer.train_lib import DivergenceError, RunFinished, train_and_evaluate
@@ -59,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(exit_promptly(main))  # Ends once its files are written, not after TF's teardown.
