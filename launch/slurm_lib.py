@@ -132,6 +132,7 @@ def submit(script: str, sbatch: str = "sbatch", env: dict | None = None) -> str:
     except FileNotFoundError:
         raise LaunchError(f"--submit: {sbatch} not found; is this a Slurm login node?") from None
     if done.returncode:
-        raise LaunchError(f"sbatch failed (exit code {done.returncode}): "
-                          f"{done.stderr.strip() or done.stdout.strip()}")
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        raise LaunchError(f"--submit: sbatch failed (exit code {done.returncode}): "
+                          + "; ".join(line.strip() for line in said))  # One line.
     return done.stdout.strip().split(";")[0]  # --parsable: "<id>" or "<id>;<cluster>".
