@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from data import mnist
 from models.mlp import MLP
-from tests.toolkit import (assert_same_tensors, checkpoint_path, checkpoint_tensors, run_module,
-                           scalars, summaries)
+from tests.toolkit import (assert_same_tensors, checkpoint_path, checkpoint_tensors,
+                           command_line, run_module, scalars, summaries)
 from trainer.config import ConfigError, TrainConfig
 from trainer.run_files import FLAGS_FILE, RESULT_FILE
 from trainer.train_lib import CHECKPOINT_DIR, train_and_evaluate
@@ -219,3 +219,27 @@ def test_a_one_epoch_run_works_with_the_default_warm_up(tmp_path):
     [run_dir] = tmp_path.iterdir()
     assert run_dir.name == "mlp16_adam_lr0.002_cosine_w0.1_b1000_e1_s0"
     assert "--warmup_epochs=0.1\n" in (run_dir / FLAGS_FILE).read_text()
+
+
+def test_scores_are_over_all_10000_examples_at_a_batch_that_does_not_divide_them(tmp_path):
+    # 2 replicas x 192: 26 whole batches and 16 examples over, which evaluation pads with
+    # weight-0 examples; through the command line, as a user runs it.
+    config = tiny(tmp_path, batch_size=384, epochs=1, run_name="odd_batch")
+    done = run_module("trainer.train", *command_line(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = pathlib.Path(config.logdir, "odd_batch")
+    result = json.loads((run_dir / RESULT_FILE).read_text())
+    served = tf.saved_model.load(result["export_dir"])  # The weights both scores were taken on.
+    data = mnist.load("bundled")
+
+    def correct(split: mnist.Split) -> int:
+        probabilities = served.signatures["serving_default"](images=tf.constant(split.images))
+        return int((probabilities["probabilities"].numpy().argmax(axis=1) == split.labels).sum())
+
+    # A score is correct answers over examples counted: over 10,000 it is the export's count of
+    # correct answers on the 10,000 images over 10,000, to float precision (float32 in events).
+    assert len(data.test) == len(data.validation) == 10_000
+    assert result["test_accuracy"] == pytest.approx(correct(data.test) / 10_000, abs=1e-9)
+    validation = scalars(run_dir)["eval/accuracy"]
+    assert len(validation) == 1  # One epoch: scored on the final weights.
+    assert validation[0] == pytest.approx(correct(data.validation) / 10_000, abs=1e-6)
