@@ -75,5 +75,5 @@ def _read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
             return json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a --logdir that is a file.
         return None
