@@ -103,6 +103,8 @@ CASES = [
              "launch.kubernetes: error: --batch_size=510: must be divisible by the 4 replicas"),
     BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 -- --epochs=0",
              "launch.kubernetes: error: --epochs=0: must be at least 1"),
+    BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 --engine=job",
+             "flag --engine=job: value should be one of <tfjob|indexed-job>"),
     BadInput("launch.local", "--workers=2 -- --batch_size=129",
              "launch.local: error: --batch_size=129: must be divisible by the 2 replicas"),
     BadInput("launch.local", "-- --optimizer=sgd",
