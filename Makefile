@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 # Extra flags for the trainer, e.g. make train ARGS="--epochs=2 --cpu_replicas=2"
 ARGS ?=
 
-.PHONY: train test bench convergence venv clean-venv slurm
+.PHONY: train test bench convergence chaos venv clean-venv slurm
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ convergence: venv
 
 bench: venv
 	$(PYTHON) -m trainer.bench $(ARGS)
+
+# Runs killed again and again end bitwise as an uninterrupted run (minutes; not in make test).
+chaos: venv
+	$(PYTHON) -m tests.chaos $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
