@@ -15,7 +15,8 @@ final checkpoints must hold bitwise the same weights, optimizer slots and step c
             the launcher, which passes it on.
 
 Prints a table of the kills and the verdict per job; exits 1 if any job ended with other
-weights or did not finish. Not part of `make test`: it takes minutes.
+weights, did not finish, or went on to finish after a signal (a lost SIGTERM). Not part of
+`make test`: it takes minutes.
 """
 
 import dataclasses
@@ -44,8 +45,8 @@ flags.DEFINE_integer("kills", 10, "Kills of each job before it is let finish.", 
 flags.DEFINE_integer("seed", 0, "Seeds the moments and the signals.")
 flags.DEFINE_list("jobs", list(JOBS), f"Jobs to soak: {', '.join(JOBS)}.")
 flags.DEFINE_string("logdir", "", "Where the runs go; empty: a temporary directory.")
-flags.DEFINE_float("max_moment", 4.0, "A kill comes 0 to this many seconds into training "
-                   "(after the run's first line about its directory).")
+flags.DEFINE_float("max_moment", 4.0, "A kill comes 0 to this many seconds after the run's "
+                   "first `run directory:` line (the process has loaded TensorFlow and its data).")
 FLAGS = flags.FLAGS
 
 # 12 epochs of 100 steps of a small model, a checkpoint every 50 steps: long enough for kills to
@@ -59,7 +60,7 @@ SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM}
 @dataclasses.dataclass
 class Attempt:
     signal: str  # "" when none was sent.
-    moment: float | None  # Seconds into training when it was sent.
+    moment: float | None  # When it was sent: seconds after the `run directory:` line.
     resumed_from: int | None
     exit_code: int
 
@@ -78,8 +79,8 @@ def start(job: str, logdir: str, run_name: str) -> subprocess.Popen:
 
 def run_once(job: str, logdir: str, run_name: str, kill: tuple[str, float] | None) -> tuple[
         Attempt, str]:
-    """One run of the job; with `kill` (signal name, seconds), that signal that long after
-    training started, unless the run ended first."""
+    """One run of the job; with `kill` (signal name, seconds), that signal that long after the
+    run's `run directory:` line, unless the run ended first."""
     process = start(job, logdir, run_name)
     lines, started = [], threading.Event()
 
@@ -133,6 +134,15 @@ def soak(job: str, logdir: str, kills: int, rng: random.Random) -> tuple[list[At
                               f"unsignalled:\n{output[-3000:]}")
     else:
         return attempts, "FAILED: did not finish"
+    verdict = compare_final_checkpoints(logdir, job, final_step)
+    lost = [f"attempt {i}: {a.signal} {a.moment:.2f} s after the run directory line, yet exit 0"
+            for i, a in enumerate(attempts, 1) if a.signal and a.exit_code == 0]
+    if lost:  # A scheduler's SIGTERM ignored: it kills the job 30 s later, unsaved.
+        return attempts, f"FAILED: a signal was lost ({'; '.join(lost)}); weights {verdict}"
+    return attempts, verdict
+
+
+def compare_final_checkpoints(logdir: str, job: str, final_step: int) -> str:
     want = checkpoint_tensors(checkpoint_path(os.path.join(logdir, f"{job}_reference"),
                                               final_step), WEIGHTS_AND_OPTIMIZER)
     try:
@@ -140,8 +150,8 @@ def soak(job: str, logdir: str, kills: int, rng: random.Random) -> tuple[list[At
                                                  final_step), WEIGHTS_AND_OPTIMIZER)
         assert_same_tensors(got, want)
     except (AssertionError, ValueError) as e:
-        return attempts, f"MISMATCH at step {final_step}: {str(e).splitlines()[0][:300]}"
-    return attempts, f"bitwise equal at step {final_step} ({len(want)} tensors)"
+        return f"MISMATCH at step {final_step}: {str(e).splitlines()[0][:300]}"
+    return f"bitwise equal at step {final_step} ({len(want)} tensors)"
 
 
 def main(argv):
