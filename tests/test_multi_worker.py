@@ -103,15 +103,15 @@ def test_a_dead_worker_stops_the_whole_job_fast(tmp_path):
 
 
 class SigtermWorkerOne(io.StringIO):
-    """An output sink that sends SIGTERM to worker 1 once the chief has saved ckpt-<after>."""
+    """An output sink that sends SIGTERM to worker 1 once the chief has saved ckpt-<after>,
+    or once a chief's line matches `when`."""
 
-    def __init__(self, after: int):
+    def __init__(self, after: int = 0, when: str = ""):
         super().__init__()
-        self.after = after
+        self.when = when or rf"saved .*ckpt-{after}$"
 
     def write(self, text):
-        if text.startswith("[worker 0]") and re.search(rf"saved .*ckpt-{self.after}$",
-                                                       text.strip()):
+        if text.startswith("[worker 0]") and re.search(self.when, text.strip()):
             for child in psutil.Process().children(recursive=True):
                 if '"index": 1' in child.environ().get("TF_CONFIG", ""):
                     child.send_signal(signal.SIGTERM)
@@ -159,6 +159,20 @@ def test_preempted_twice_with_a_corrupt_checkpoint_between_the_job_resumes_right
     assert resumed_steps(output.getvalue()) == {"0": second, "1": second}
     assert json.loads(pathlib.Path(tmp_path, "job", RESULT_FILE).read_text())["steps"] == 400
     assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
+
+
+def test_a_sigterm_while_the_job_starts_stops_it_at_its_first_step(tmp_path):
+    # Signalled as the chief names its run directory: after the strategy exists (whose runtime
+    # has a SIGTERM handler of its own), before the checkpoint is restored and the watch begins.
+    config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", steps_per_loop=5)
+    output = SigtermWorkerOne(when="run directory:")
+    assert run_job(config, output) == 128 + signal.SIGTERM, output.getvalue()[-3000:]
+    stopped = re.findall(r"\[worker (\d)\] .*SIGTERM: stopped at step (\d+)", output.getvalue())
+    assert sorted(worker for worker, _ in stopped) == ["0", "1"]
+    step = int(stopped[0][1])
+    assert 0 < step < 100  # Within the first epoch, not at its end.
+    latest = tf.train.latest_checkpoint(os.path.join(tmp_path, "job", CHECKPOINT_DIR))
+    assert latest.endswith(f"ckpt-{step}")
 
 
 def test_a_diverging_job_retries_from_the_same_checkpoint_on_every_worker(tmp_path):

@@ -4,6 +4,10 @@ On one machine a signal handler only sets a flag: the train loop checks it betwe
 calls, saves a checkpoint of the steps completed and stops. Across several workers one worker's
 signal must stop them all at the same step, which TensorFlow's own
 `PreemptionCheckpointHandler` coordinates; `watch(...)` picks the right one.
+
+A scheduler may signal a job that has only just (re)started, before the run has restored its
+checkpoint and `watch` begins: `hold_sigterm()`, called as soon as the strategy exists, keeps
+such a SIGTERM for `watch`, which acts on it at the first step boundary.
 """
 
 import signal
@@ -22,6 +26,29 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 class Preempted(Exception):
     """SIGTERM arrived; the steps completed are checkpointed."""
+
+
+_held = threading.Event()  # A SIGTERM arrived between hold_sigterm() and watch().
+
+
+def hold_sigterm() -> None:
+    """Keeps a SIGTERM that arrives from now on for `watch`.
+
+    Called once the strategy exists: MultiWorkerMirroredStrategy's runtime sets a SIGTERM
+    handler of its own in C++ (TensorFlow's preemption notifier), which took such a signal and
+    told nothing of ours, so the job trained on as if never signalled. (Before the strategy,
+    SIGTERM still ends the process at once: nothing has been done yet.)
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: _held.set())
+
+
+def _pass_on_held_sigterm() -> None:
+    """Raises again a SIGTERM that hold_sigterm kept, for the handler now in place."""
+    if _held.is_set():
+        _held.clear()
+        logging.info("SIGTERM arrived while the run was starting; stopping at the first step")
+        signal.raise_signal(signal.SIGTERM)
 
 
 class SigtermWatcher:
@@ -47,6 +74,7 @@ class SigtermWatcher:
         # thread) SIGTERM keeps its default meaning.
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            _pass_on_held_sigterm()
         return self
 
     def __exit__(self, *exc_info):
@@ -80,6 +108,7 @@ class ClusterPreemption:
         self._handler.save_checkpoint_if_preempted(checkpoint_number=step)
 
     def __enter__(self):
+        _pass_on_held_sigterm()  # To TensorFlow's handler, set when it was created.
         return self
 
     def __exit__(self, *exc_info):

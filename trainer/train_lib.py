@@ -62,6 +62,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     if config.deterministic:  # Process-wide; our own randomness is already seeded.
         tf.config.experimental.enable_op_determinism()
     strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
+    preemption.hold_sigterm()  # From here a SIGTERM stops the run at its first step boundary.
     chief = distribute.is_chief(strategy)  # Only the chief writes files of the run.
     logging.info("%s", distribute.describe(strategy))
 
