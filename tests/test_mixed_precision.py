@@ -144,7 +144,8 @@ def runs(tmp_path_factory):
             for name, settings in {
                 "float32": {}, "mixed_bfloat16": {"precision": "mixed_bfloat16"},
                 "mixed_float16": {"precision": "mixed_float16"},
-                "jit_compile": {"jit_compile": True}}.items()}
+                # A run name of its own: it would name the float32 run, finished by then.
+                "jit_compile": {"jit_compile": True, "run_name": "jit"}}.items()}
 
 
 def test_every_precision_learns_and_names_its_run(runs):
@@ -153,7 +154,8 @@ def test_every_precision_learns_and_names_its_run(runs):
     assert abs(runs["mixed_float16"].test_accuracy - runs["float32"].test_accuracy) < 0.01
     assert os.path.basename(runs["mixed_bfloat16"].run_dir).endswith("_bf16")
     assert os.path.basename(runs["mixed_float16"].run_dir).endswith("_fp16")
-    assert runs["jit_compile"].run_dir == runs["float32"].run_dir  # Same computation.
+    # The same computation, so the same run name unless told another.
+    assert dataclasses.replace(TINY, jit_compile=True).run_dir_name() == TINY.run_dir_name()
 
 
 def test_loss_scaling_is_logged_and_checkpointed(runs):
