@@ -27,7 +27,7 @@ import re
 
 import yaml
 
-from launch.trainer_args import LaunchError, check_trainer_args
+from launch.trainer_args import MULTI_WORKER_FLAG, LaunchError, check_trainer_args
 from trainer.preemption import PREEMPTED_EXIT_CODE
 
 LOGDIR = "/mnt/runs"  # Where the shared volume is mounted in every pod.
@@ -77,7 +77,8 @@ class TrainingJob:
              "required: the name of a PersistentVolumeClaim (lowercase letters, digits and -)")
         need(not self.namespace or re.fullmatch(_DNS_LABEL, self.namespace), "namespace",
              "must be lowercase letters, digits and -")
-        check_trainer_args(list(self.trainer_args), SET_BY_MANIFESTS, replicas=self.replicas)
+        check_trainer_args(list(self.trainer_args), SET_BY_MANIFESTS,
+                           replicas=self.replicas, launcher_args=(MULTI_WORKER_FLAG,))
         return self
 
     @property
@@ -86,7 +87,7 @@ class TrainingJob:
         return self.workers * max(1, self.gpus_per_worker)
 
     def trainer_command(self) -> list[str]:
-        return ["python", "-m", "trainer.train", "--strategy=multi_worker", f"--logdir={LOGDIR}",
+        return ["python", "-m", "trainer.train", MULTI_WORKER_FLAG, f"--logdir={LOGDIR}",
                 f"--run_name={self.name}", *self.trainer_args]
 
 

@@ -26,7 +26,7 @@ import trainer.terminal
 from absl import app, flags, logging
 
 from launch import local_job, private_network
-from launch.trainer_args import LaunchError, check_trainer_args
+from launch.trainer_args import MULTI_WORKER_FLAG, LaunchError, check_trainer_args
 
 flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
 flags.DEFINE_float("grace_seconds", 10.0,
@@ -54,7 +54,8 @@ def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10
     the environment the user gave this launcher (trainer.terminal.user_environ): each worker
     sets up its terminal from its own flags.
     """
-    trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL, replicas=num_workers)
+    trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL,
+                                      replicas=num_workers, launcher_args=(MULTI_WORKER_FLAG,))
     command = local_job.command(num_workers, trainer_args, grace_seconds)
     options = dict(env=dict(trainer.terminal.user_environ() if env is None else env),
                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)

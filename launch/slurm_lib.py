@@ -20,7 +20,7 @@ import shlex
 import subprocess
 import sys
 
-from launch.trainer_args import LaunchError, check_trainer_args
+from launch.trainer_args import MULTI_WORKER_FLAG, LaunchError, check_trainer_args
 from trainer.preemption import PREEMPTED_EXIT_CODE
 
 # The repository the trainers run from: this checkout, on a filesystem every node shares.
@@ -73,7 +73,8 @@ class SlurmJob:
         need(0 <= self.signal_seconds <= MAX_SIGNAL_SECONDS, "signal_seconds",
              f"must be 0 to {MAX_SIGNAL_SECONDS}")
         need(self.output.strip() and "\n" not in self.output, "output", "must be a file name")
-        check_trainer_args(list(self.trainer_args), SET_BY_SCRIPT, replicas=self.replicas)
+        check_trainer_args(list(self.trainer_args), SET_BY_SCRIPT,
+                           replicas=self.replicas, launcher_args=(MULTI_WORKER_FLAG,))
         return self
 
 
@@ -96,7 +97,7 @@ def batch_script(job: SlurmJob) -> str:
         options.append(f"--time={job.time}")
     if job.partition:
         options.append(f"--partition={job.partition}")
-    trainer = [job.python, "-m", "trainer.train", "--strategy=multi_worker", *job.trainer_args]
+    trainer = [job.python, "-m", "trainer.train", MULTI_WORKER_FLAG, *job.trainer_args]
     # --distribution=block: the rank order slurm_cluster derives the cluster from.
     # --wait: once one trainer has ended, the others get this long to end too, then are
     # stopped, rather than waiting on a dead peer. Not --kill-on-bad-exit: it kills the others

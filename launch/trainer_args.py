@@ -19,6 +19,8 @@ TRAINER_FLAGS = {field.name: field.type for field in dataclasses.fields(TrainCon
 # absl's flag for how much a trainer's terminal shows (trainer/terminal.py): it changes nothing
 # a run computes or writes, so a launcher passes it through too.
 TERMINAL_FLAGS = ("verbosity",)
+# What the cluster launchers (local, Slurm, Kubernetes) give every trainer they start.
+MULTI_WORKER_FLAG = "--strategy=multi_worker"
 
 
 class LaunchError(ValueError):
@@ -26,16 +28,18 @@ class LaunchError(ValueError):
 
 
 def check_trainer_args(args: list[str], set_by_launcher: dict[str, str],
-                       replicas: int | None = None) -> list[str]:
+                       replicas: int | None = None,
+                       launcher_args: tuple[str, ...] = ()) -> list[str]:
     """Returns `args` (trainer flags given after `--`) once each is a trainer flag that the
     launcher does not set itself (see check_trainer_flag), or --verbosity, and the trainer
-    would accept their values (see trainer_config).
+    would accept their values together with the flags the launcher gives it, `launcher_args`
+    (see trainer_config).
 
     With `replicas` (the job's replicas in sync), the global --batch_size must also divide
     evenly among them, as the trainer requires (trainer/inputs.py).
     """
     check_trainer_flag_names(args, set_by_launcher)
-    config = trainer_config(args)
+    config = trainer_config([*launcher_args, *args])
     if replicas is not None and config.batch_size % replicas:
         # The trainer's own words (trainer/inputs.py), said before any replica starts.
         raise LaunchError(f"--batch_size={config.batch_size}: must be divisible by the "

@@ -103,6 +103,10 @@ CASES = [
              "launch.kubernetes: error: --batch_size=510: must be divisible by the 4 replicas"),
     BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 -- --epochs=0",
              "launch.kubernetes: error: --epochs=0: must be at least 1"),
+    # Checked together with the --strategy=multi_worker the launcher gives every trainer.
+    BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 -- --cpu_replicas=2",
+             "launch.kubernetes: error: --cpu_replicas=2: --strategy=multi_worker trains on one "
+             "device"),
     BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 --engine=job",
              "flag --engine=job: value should be one of <tfjob|indexed-job>"),
     BadInput("launch.local", "--workers=2 -- --batch_size=129",
