@@ -204,3 +204,14 @@ def test_a_checkpoint_lacking_part_of_the_state_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match=r"ckpt-7: lacks some of what this trainer "
                                               r"checkpoints .*; written by an older version"):
         RunCheckpoints(state.checkpoint(), str(tmp_path), 1).restore()
+
+
+def test_sigterm_means_what_it_meant_before_once_the_run_is_over(tmp_path):
+    # In-process runs (tests, notebooks) get SIGTERM back, after a run that ends as after one
+    # that stops on an error: it is held only while a run lasts.
+    before = signal.getsignal(signal.SIGTERM)
+    train_and_evaluate(dataclasses.replace(SMALL, logdir=str(tmp_path), epochs=1))
+    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(DivergenceError):
+        train_and_evaluate(dataclasses.replace(DIVERGING, logdir=str(tmp_path)))
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -74,14 +74,24 @@ def test_two_workers_match_one_process_with_the_same_global_batch(two_workers, t
                         want, rtol=1e-4, atol=1e-6)
 
 
+def worker_one() -> psutil.Process:
+    """The process of worker 1 among this test's descendants (the launcher's job process, in its
+    network namespace, sits between): the one whose TF_CONFIG names task 1."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if '"index": 1' in child.environ().get("TF_CONFIG", ""):
+                return child
+        except psutil.Error:  # Gone or a zombie since it was listed (a short-lived helper).
+            continue
+    raise AssertionError("worker 1 is not running")
+
+
 class KillWorkerOne(io.StringIO):
     """An output sink that kills worker 1 once it has saved its first checkpoint."""
 
     def write(self, text):
         if text.startswith("[worker 1]") and "saved" in text:
-            for child in psutil.Process().children(recursive=True):
-                if '"index": 1' in child.environ().get("TF_CONFIG", ""):
-                    child.send_signal(signal.SIGKILL)
+            worker_one().send_signal(signal.SIGKILL)
         return super().write(text)
 
 
@@ -112,9 +122,7 @@ class SigtermWorkerOne(io.StringIO):
 
     def write(self, text):
         if text.startswith("[worker 0]") and re.search(self.when, text.strip()):
-            for child in psutil.Process().children(recursive=True):
-                if '"index": 1' in child.environ().get("TF_CONFIG", ""):
-                    child.send_signal(signal.SIGTERM)
+            worker_one().send_signal(signal.SIGTERM)
         return super().write(text)
 
 

@@ -6,10 +6,11 @@ signal must stop them all at the same step, which TensorFlow's own
 `PreemptionCheckpointHandler` coordinates; `watch(...)` picks the right one.
 
 A scheduler may signal a job that has only just (re)started, before the run has restored its
-checkpoint and `watch` begins: `hold_sigterm()`, called as soon as the strategy exists, keeps
+checkpoint and `watch` begins: `held_sigterm()`, entered as soon as the strategy exists, keeps
 such a SIGTERM for `watch`, which acts on it at the first step boundary.
 """
 
+import contextlib
 import signal
 import threading
 from typing import Callable
@@ -28,23 +29,32 @@ class Preempted(Exception):
     """SIGTERM arrived; the steps completed are checkpointed."""
 
 
-_held = threading.Event()  # A SIGTERM arrived between hold_sigterm() and watch().
+_held = threading.Event()  # A SIGTERM arrived inside held_sigterm(), before watch().
 
 
-def hold_sigterm() -> None:
-    """Keeps a SIGTERM that arrives from now on for `watch`.
+@contextlib.contextmanager
+def held_sigterm():
+    """Inside it, a SIGTERM is kept for `watch`, which acts on it at the first step boundary;
+    on leaving, SIGTERM means again what it meant before.
 
-    Called once the strategy exists: MultiWorkerMirroredStrategy's runtime sets a SIGTERM
+    Entered once the strategy exists: MultiWorkerMirroredStrategy's runtime sets a SIGTERM
     handler of its own in C++ (TensorFlow's preemption notifier), which took such a signal and
     told nothing of ours, so the job trained on as if never signalled. (Before the strategy,
     SIGTERM still ends the process at once: nothing has been done yet.)
     """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: _held.set())
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Only the main thread may set handlers; elsewhere SIGTERM keeps its meaning.
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _held.set())
+    try:
+        yield
+    finally:
+        _held.clear()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pass_on_held_sigterm() -> None:
-    """Raises again a SIGTERM that hold_sigterm kept, for the handler now in place."""
+    """Raises again a SIGTERM that held_sigterm kept, for the handler now in place."""
     if _held.is_set():
         _held.clear()
         logging.info("SIGTERM arrived while the run was starting; stopping at the first step")

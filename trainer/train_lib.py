@@ -62,7 +62,12 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     if config.deterministic:  # Process-wide; our own randomness is already seeded.
         tf.config.experimental.enable_op_determinism()
     strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
-    preemption.hold_sigterm()  # From here a SIGTERM stops the run at its first step boundary.
+    # From here on a SIGTERM, however early, stops the run at its first step boundary.
+    with preemption.held_sigterm():
+        return _train_and_evaluate(config, strategy)
+
+
+def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainResult:
     chief = distribute.is_chief(strategy)  # Only the chief writes files of the run.
     logging.info("%s", distribute.describe(strategy))
 
