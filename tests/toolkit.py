@@ -8,10 +8,12 @@ A plain module rather than conftest.py, so that a test imports what it uses by n
 
 import dataclasses
 import glob
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -57,6 +59,50 @@ def run_module(module: str, *args, timeout: float = 300,
                **popen_options) -> subprocess.CompletedProcess:
     """Runs `python -m <module> <args>` to its end (see start_module)."""
     return finish(start_module(module, *args, **popen_options), timeout)
+
+
+class Pause:
+    """Holds a trainer right after it saves ckpt-<step> (with step None: as its run starts,
+    before it restores a checkpoint and trains), so a test acts at a known moment rather than
+    at whatever step the machine has reached by then (tests/pause_hook/).
+
+        pause = Pause(tmp_path / "pause", step=50, task=1)  # task: the worker's index
+        process = start_module("trainer.train", ..., env={**environment(), **pause.env()})
+        pause.wait(process)  # worker 1 has saved ckpt-50 and is held there
+        process.send_signal(signal.SIGTERM)
+        pause.release()
+    """
+
+    def __init__(self, directory, step: int | None, task: int = 0):
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.step, self.task = step, task
+
+    def env(self) -> dict[str, str]:
+        """What to add to the environment of the trainer, or of the launcher that starts it."""
+        return {"PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "pause_hook"), str(REPO)]),
+                "TRAINER_TEST_PAUSE": json.dumps({"directory": str(self.directory),
+                                                  "step": self.step, "task": self.task})}
+
+    def wait(self, process=None, timeout: float = 300) -> int:
+        """Returns the held process's pid once it is held. `process` (a Popen, or a callable
+        saying whether the job still runs) ending first is an AssertionError."""
+        deadline = time.monotonic() + timeout
+        paused = self.directory / "paused"
+        while not paused.exists():
+            running = (process.poll() is None if hasattr(process, "poll")
+                       else process is None or process())
+            assert running, f"ended before it was held ({self})"
+            assert time.monotonic() < deadline, f"not held in {timeout} s ({self})"
+            time.sleep(0.05)
+        return int(paused.read_text().split()[0])
+
+    def release(self) -> None:
+        (self.directory / "release").touch()
+
+    def __str__(self):
+        at = "as its run starts" if self.step is None else f"after saving ckpt-{self.step}"
+        return f"worker {self.task} {at}"
 
 
 # Trainer command lines.
