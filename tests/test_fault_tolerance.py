@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from data import mnist
-from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, assert_same_tensors, checkpoint_path,
-                           checkpoint_tensors, command_line, finish, start_module)
+from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, Pause, assert_same_tensors, checkpoint_path,
+                           checkpoint_tensors, command_line, environment, finish, start_module)
 from trainer import distribute
 from trainer.checkpointing import CheckpointError, RunCheckpoints
 from trainer.config import TrainConfig
@@ -32,10 +32,11 @@ CONFIG = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), ba
 FINAL_STEP = 400
 
 
-def start(logdir, run_name) -> subprocess.Popen:
+def start(logdir, run_name, env=None) -> subprocess.Popen:
     """The trainer on CONFIG, its stderr merged into stdout to be read line by line."""
     config = dataclasses.replace(CONFIG, logdir=str(logdir), run_name=run_name)
-    return start_module("trainer.train", *command_line(config), stderr=subprocess.STDOUT)
+    return start_module("trainer.train", *command_line(config), stderr=subprocess.STDOUT,
+                        **({"env": env} if env else {}))
 
 
 def run_to_end(logdir, run_name) -> str:
@@ -45,17 +46,15 @@ def run_to_end(logdir, run_name) -> str:
 
 
 def interrupt_after(logdir, run_name, checkpoint_step: int, signum) -> tuple[int, str]:
-    """Starts a run, and sends `signum` as soon as it has saved ckpt-<checkpoint_step>."""
-    process = start(logdir, run_name)
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if re.search(rf"saved .*ckpt-{checkpoint_step}$", line.strip()):
-            process.send_signal(signum)
-            break
-    seen.append(process.communicate(timeout=300)[0])
-    return process.returncode, "".join(seen)
-
+    """Starts a run, and sends `signum` while it is held right after saving
+    ckpt-<checkpoint_step>: the signal arrives at that step on any machine."""
+    pause = Pause(pathlib.Path(logdir, f"{run_name}.pause"), checkpoint_step)
+    process = start(logdir, run_name, env={**environment(), **pause.env()})
+    pause.wait(process)
+    process.send_signal(signum)
+    pause.release()
+    done = finish(process)
+    return done.returncode, done.stdout
 
 def final_state(logdir, run_name) -> dict[str, np.ndarray]:
     """Every variable of the final checkpoint: weights, optimizer slots and step counter."""
@@ -85,7 +84,7 @@ def test_a_run_killed_mid_run_and_restarted_ends_bit_for_bit_as_if_never_killed(
     assert returncode == -signal.SIGKILL, output[-3000:]
     assert f"ckpt-{FINAL_STEP}" not in output  # It really died mid-run.
     output = run_to_end(logdir, "killed")
-    assert 50 <= resumed_step(output) < FINAL_STEP
+    assert resumed_step(output) == 50
     assert_bitwise_equal(final_state(logdir, "killed"), want)
 
 
@@ -93,12 +92,12 @@ def test_sigterm_saves_the_steps_completed_and_exits_for_a_restart(uninterrupted
     logdir, want = uninterrupted
     returncode, output = interrupt_after(logdir, "preempted", 50, signal.SIGTERM)
     assert returncode == PREEMPTED_EXIT_CODE, output[-3000:]
-    stopped = int(re.search(r"SIGTERM: stopped at step (\d+) of 400", output).group(1))
-    # Zero completed steps lost: the last save is of the very step it stopped at.
+    # Signalled at the step boundary of step 50: it stops there, losing no completed step.
+    assert "SIGTERM: stopped at step 50 of 400" in output, output[-3000:]
     latest = tf.train.latest_checkpoint(os.path.join(logdir, "preempted", CHECKPOINT_DIR))
-    assert latest.endswith(f"ckpt-{stopped}")
+    assert latest.endswith("ckpt-50")
     output = run_to_end(logdir, "preempted")
-    assert resumed_step(output) == stopped
+    assert resumed_step(output) == 50
     assert_bitwise_equal(final_state(logdir, "preempted"), want)
 
 

@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from launch import local
 from launch.ports import free_ports
-from tests.toolkit import (REPO, assert_same_tensors, checkpoint_path, checkpoint_tensors,
-                           command_line, environment, finish, start_module)
+from tests.toolkit import (REPO, Pause, assert_same_tensors, checkpoint_path,
+                           checkpoint_tensors, command_line, environment, finish, start_module)
 from trainer.config import TrainConfig
 from trainer.run_files import RESULT_FILE
 from trainer.train_lib import CHECKPOINT_DIR, train_and_evaluate
@@ -29,9 +29,9 @@ CONFIG = TrainConfig(hidden_sizes=(64,), batch_size=500, epochs=2, warmup_epochs
 ENV = environment()
 
 
-def run_job(config: TrainConfig, sink, **options) -> int:
+def run_job(config: TrainConfig, sink, env=ENV, **options) -> int:
     """launch.local's job of 2 workers training `config`; its exit code."""
-    return local.run_job(2, command_line(config), sink=sink, env=ENV, **options)
+    return local.run_job(2, command_line(config), sink=sink, env=env, **options)
 
 
 @pytest.fixture(scope="module")
@@ -74,56 +74,29 @@ def test_two_workers_match_one_process_with_the_same_global_batch(two_workers, t
                         want, rtol=1e-4, atol=1e-6)
 
 
-def worker_one() -> psutil.Process:
-    """The process of worker 1 among this test's descendants (the launcher's job process, in its
-    network namespace, sits between): the one whose TF_CONFIG names task 1."""
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if '"index": 1' in child.environ().get("TF_CONFIG", ""):
-                return child
-        except psutil.Error:  # Gone or a zombie since it was listed (a short-lived helper).
-            continue
-    raise AssertionError("worker 1 is not running")
-
-
-class KillWorkerOne(io.StringIO):
-    """An output sink that kills worker 1 once it has saved its first checkpoint."""
-
-    def write(self, text):
-        if text.startswith("[worker 1]") and "saved" in text:
-            worker_one().send_signal(signal.SIGKILL)
-        return super().write(text)
+def run_job_signalled(config: TrainConfig, pause: Pause, signum,
+                      **options) -> tuple[int, str]:
+    """Runs the job, sends `signum` to the worker `pause` holds while it is held, and lets it
+    go on: the signal lands at a known step whatever the machine's speed. The job's exit code
+    and output."""
+    output, result = io.StringIO(), {}
+    job = threading.Thread(daemon=True, target=lambda: result.setdefault(
+        "code", run_job(config, output, env={**ENV, **pause.env()}, **options)))
+    job.start()
+    os.kill(pause.wait(job.is_alive), signum)
+    pause.release()
+    job.join(timeout=300)
+    assert not job.is_alive(), "the launcher hung: " + output.getvalue()[-3000:]
+    return result["code"], output.getvalue()
 
 
 def test_a_dead_worker_stops_the_whole_job_fast(tmp_path):
-    output = KillWorkerOne()
-    done = threading.Event()
-    result = {}
-
-    def launch():
-        result["code"] = run_job(dataclasses.replace(CONFIG, logdir=str(tmp_path), epochs=50),
-                                 output, grace_seconds=5)
-        done.set()
-
-    threading.Thread(target=launch, daemon=True).start()
-    assert done.wait(timeout=180), "the launcher hung after a worker died"
-    assert result["code"] == 128 + signal.SIGKILL
-    assert "[launcher] worker 1 exited with code -9; stopping the job" in output.getvalue()
+    config = dataclasses.replace(CONFIG, logdir=str(tmp_path))
+    code, output = run_job_signalled(config, Pause(tmp_path / "pause", 100, task=1),
+                                     signal.SIGKILL, grace_seconds=5)
+    assert code == 128 + signal.SIGKILL, output[-3000:]
+    assert "[launcher] worker 1 exited with code -9; stopping the job" in output
     assert not psutil.Process().children()  # No worker left behind.
-
-
-class SigtermWorkerOne(io.StringIO):
-    """An output sink that sends SIGTERM to worker 1 once the chief has saved ckpt-<after>,
-    or once a chief's line matches `when`."""
-
-    def __init__(self, after: int = 0, when: str = ""):
-        super().__init__()
-        self.when = when or rf"saved .*ckpt-{after}$"
-
-    def write(self, text):
-        if text.startswith("[worker 0]") and re.search(self.when, text.strip()):
-            worker_one().send_signal(signal.SIGTERM)
-        return super().write(text)
 
 
 def resumed_steps(output: str) -> dict[str, int]:
@@ -133,22 +106,32 @@ def resumed_steps(output: str) -> dict[str, int]:
         if path_step == step}
 
 
-def preempt(config: TrainConfig, after: int) -> int:
-    """Runs the job, SIGTERMs worker 1 once ckpt-<after> is saved; the step all stopped at."""
-    output = SigtermWorkerOne(after)
-    assert run_job(config, output) == 128 + signal.SIGTERM, output.getvalue()[-3000:]
-    stopped = re.findall(r"\[worker (\d)\] .*SIGTERM: stopped at step (\d+)", output.getvalue())
-    assert sorted(worker for worker, _ in stopped) == ["0", "1"]
-    assert len({step for _, step in stopped}) == 1
+def stopped_step(output: str) -> int:
+    """The step at which both workers stopped on SIGTERM (the same on both)."""
+    stopped = re.findall(r"\[worker (\d)\] .*SIGTERM: stopped at step (\d+)", output)
+    assert sorted(worker for worker, _ in stopped) == ["0", "1"], output[-3000:]
+    assert len({step for _, step in stopped}) == 1, output[-3000:]
     return int(stopped[0][1])
+
+
+def preempt(config: TrainConfig, at: int | None) -> tuple[int, str]:
+    """Runs the job, SIGTERMs worker 1 while it is held after saving ckpt-<at> (None: as its run
+    starts); the step all stopped at, and the output."""
+    code, output = run_job_signalled(
+        config, Pause(pathlib.Path(config.logdir, f"pause{at}"), at, task=1), signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    return stopped_step(output), output
 
 
 def test_preempted_twice_with_a_corrupt_checkpoint_between_the_job_resumes_right(tmp_path):
     config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", epochs=4,
                                  steps_per_loop=5, checkpoint_every_steps=50)
     checkpoints = pathlib.Path(tmp_path, "job", CHECKPOINT_DIR)
-    first = preempt(config, after=50)
-    assert first > 50 and tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{first}")
+    first, _ = preempt(config, at=100)
+    assert first >= 100
+    listed = tf.train.get_checkpoint_state(checkpoints).all_model_checkpoint_paths
+    assert listed[-1].endswith(f"ckpt-{first}")
+    before_first = int(listed[-2].rsplit("-", 1)[1])
     # No worker's private save is left behind to be read back later.
     assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
 
@@ -156,11 +139,9 @@ def test_preempted_twice_with_a_corrupt_checkpoint_between_the_job_resumes_right
     # one before it, which TensorFlow's preemption handler must not undo.
     for data_file in checkpoints.glob(f"ckpt-{first}.data-*"):
         data_file.write_bytes(data_file.read_bytes()[:100])
-    output = SigtermWorkerOne(after=100)
-    assert run_job(config, output) == 128 + signal.SIGTERM, output.getvalue()[-3000:]
-    assert resumed_steps(output.getvalue()) == {"0": 50, "1": 50}
-    second = int(re.search(r"SIGTERM: stopped at step (\d+)", output.getvalue()).group(1))
-    assert second > 100
+    second, output = preempt(config, at=150)
+    assert resumed_steps(output) == {"0": before_first, "1": before_first}
+    assert second >= 150
 
     output = io.StringIO()
     assert run_job(config, output) == 0, output.getvalue()[-3000:]
@@ -170,14 +151,10 @@ def test_preempted_twice_with_a_corrupt_checkpoint_between_the_job_resumes_right
 
 
 def test_a_sigterm_while_the_job_starts_stops_it_at_its_first_step(tmp_path):
-    # Signalled as the chief names its run directory: after the strategy exists (whose runtime
-    # has a SIGTERM handler of its own), before the checkpoint is restored and the watch begins.
+    # Signalled as it starts: after the strategy exists (whose runtime has a SIGTERM handler of
+    # its own), before the checkpoint is restored and the watch begins.
     config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", steps_per_loop=5)
-    output = SigtermWorkerOne(when="run directory:")
-    assert run_job(config, output) == 128 + signal.SIGTERM, output.getvalue()[-3000:]
-    stopped = re.findall(r"\[worker (\d)\] .*SIGTERM: stopped at step (\d+)", output.getvalue())
-    assert sorted(worker for worker, _ in stopped) == ["0", "1"]
-    step = int(stopped[0][1])
+    step, _ = preempt(config, at=None)
     assert 0 < step < 100  # Within the first epoch, not at its end.
     latest = tf.train.latest_checkpoint(os.path.join(tmp_path, "job", CHECKPOINT_DIR))
     assert latest.endswith(f"ckpt-{step}")
