@@ -7,8 +7,12 @@ TF_CONFIG naming every worker on a free loopback port, exactly what a cluster sc
 real machines. The trainer flags are checked before any worker starts: a misspelt one, or
 --strategy (set here), is one line `launch.local: error: ...`. Output is streamed with a
 `[worker i]` prefix. If any worker fails, the others are stopped at once and the launcher exits
-with that worker's code: a job never hangs waiting on a dead peer. SIGTERM to the launcher
-reaches every worker, which checkpoint and exit 143.
+with that worker's code: a job never hangs waiting on a dead peer.
+
+SIGTERM to the launcher reaches every worker, which checkpoint and exit 143; Ctrl-C (SIGINT)
+likewise, and the launcher exits 130; a second Ctrl-C stops them at once. The job runs in a process group of its own, so a terminal's Ctrl-C reaches
+the launcher alone, which passes it on once. If the launcher dies (SIGKILL, the OOM killer), its
+job stops as on SIGTERM, and what is left after --grace_seconds is killed.
 
 The workers share a private network (launch/private_network.py): their gRPC servers listen on
 all interfaces and run any op they are sent, unauthenticated, so nothing outside the job may
@@ -16,6 +20,7 @@ reach them. Where the kernel cannot make one, the job does not start unless
 --allow_exposed_ports says it may run with those ports open.
 """
 
+import signal
 import subprocess
 import sys
 
@@ -30,8 +35,8 @@ from launch.trainer_args import MULTI_WORKER_FLAG, LaunchError, check_trainer_ar
 
 flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
 flags.DEFINE_float("grace_seconds", 10.0,
-                   "After a worker fails, how long the others get to exit on SIGTERM before "
-                   "they are killed.", lower_bound=0.0)
+                   "After a worker fails, a second Ctrl-C or the launcher's death, how long the "
+                   "workers get to exit before they are killed.", lower_bound=0.0)
 flags.DEFINE_bool("allow_exposed_ports", False,
                   "Where no private network namespace can be made (not Linux, or unprivileged "
                   "user namespaces disabled), run the job anyway with the workers' gRPC ports "
@@ -47,7 +52,7 @@ SET_BY_LOCAL = {"strategy": "launch.local (--strategy=multi_worker)"}
 def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10.0,
             allow_exposed_ports: bool = False, sink=sys.stdout, env: dict | None = None) -> int:
     """Starts the job (launch/local_job.py) in a private network, streams its output, and
-    returns its exit code.
+    returns its exit code: 130 after Ctrl-C.
 
     Raises LaunchError before any worker starts if a trainer flag is not one or is set here,
     or if no private network can be made and `allow_exposed_ports` is False. `env` defaults to
@@ -57,33 +62,45 @@ def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10
     trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL,
                                       replicas=num_workers, launcher_args=(MULTI_WORKER_FLAG,))
     command = local_job.command(num_workers, trainer_args, grace_seconds)
+    # A process group of its own: a terminal's Ctrl-C, sent to its foreground group, reaches
+    # this process alone, and each worker gets the one SIGINT passed on.
     options = dict(env=dict(trainer.terminal.user_environ() if env is None else env),
-                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    with local_job.PassSigterm() as sigterm:
-        try:
-            job = private_network.start(command, **options)
-        except private_network.Unavailable as e:
-            if not allow_exposed_ports:
-                raise LaunchError(
-                    f"cannot give the workers a private network ({e}); without one their gRPC "
-                    "servers listen on every interface and run any op anyone sends; "
-                    "--allow_exposed_ports runs the job anyway") from None
-            sink.write(f"[launcher] warning: no private network for the workers ({e}): their "
-                       "gRPC servers listen on every interface of this machine, "
-                       "unauthenticated, and run any op anyone sends (--allow_exposed_ports)\n")
-            sink.flush()
-            job = subprocess.Popen(command, **options)
-        sigterm.add(job)
+                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                   text=True, bufsize=1, process_group=0)
+    # SIGHUP (a closed terminal) ends this process as usual; the job is told (die_with_parent).
+    with local_job.StopRequests(signals=(signal.SIGTERM, signal.SIGINT)) as stop:
+        with local_job.stop_signals_blocked():
+            job = _start(command, options, allow_exposed_ports, sink)
+        stop.add(job)
         for line in job.stdout:
             sink.write(line)
             sink.flush()
-        return local_job.exit_code(job.wait())
+        code = local_job.exit_code(job.wait())
+        return 128 + signal.SIGINT if stop.interrupted else code
+
+
+def _start(command: list[str], options: dict, allow_exposed_ports: bool, sink):
+    """The job's process, in a private network, or in this one with `allow_exposed_ports`."""
+    try:
+        return private_network.start(command, **options)
+    except private_network.Unavailable as e:
+        if not allow_exposed_ports:
+            raise LaunchError(
+                f"cannot give the workers a private network ({e}); without one their gRPC "
+                "servers listen on every interface and run any op anyone sends; "
+                "--allow_exposed_ports runs the job anyway") from None
+        sink.write(f"[launcher] warning: no private network for the workers ({e}): their "
+                   "gRPC servers listen on every interface of this machine, "
+                   "unauthenticated, and run any op anyone sends (--allow_exposed_ports)\n")
+        sink.flush()
+        return subprocess.Popen(command, **options)
 
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
-        code = run_job(FLAGS.workers, argv[1:], FLAGS.grace_seconds, FLAGS.allow_exposed_ports)
+        code = run_job(FLAGS.workers, argv[1:], grace_seconds=FLAGS.grace_seconds,
+                       allow_exposed_ports=FLAGS.allow_exposed_ports)
     except LaunchError as e:
         # One line naming the flag; no worker started.
         sys.exit(f"launch.local: error: {e}")

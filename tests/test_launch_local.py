@@ -1,7 +1,8 @@
 """launch.local refuses bad trainer flags before any worker starts; its workers' ports are
-closed to everyone outside the job, or the job needs --allow_exposed_ports; SIGTERM reaches the
-workers; free ports for servers."""
+closed to everyone outside the job, or the job needs --allow_exposed_ports; SIGTERM and Ctrl-C
+reach every worker once; a launcher that dies leaves nothing running; free ports for servers."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,19 +11,22 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import psutil
 import pytest
+import tensorflow as tf
 
 from launch import local
 from launch.ports import free_ports
 from launch.trainer_args import LaunchError, check_trainer_args
-from tests.toolkit import (checkpoint_path, command_line, environment, finish,
+from tests.toolkit import (Pause, checkpoint_path, command_line, environment, finish,
                            start_module)
 from trainer import terminal
 from trainer.config import TrainConfig
 from trainer.run_files import RESULT_FILE
+from trainer.train_lib import CHECKPOINT_DIR
 
 BAD_TRAINER_ARGS = [
     (["--epoch=2"], "trainer argument --epoch=2: --epoch is not a trainer flag"),
@@ -81,20 +85,32 @@ SMALL_JOB = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=1, warmup_epo
 NO_NAMESPACES = ("unshare", "--user")
 
 
+def tf_config(process: psutil.Process) -> dict | None:
+    """The TF_CONFIG a process was started with, or None (none, or it has exited)."""
+    try:
+        return json.loads(process.environ().get("TF_CONFIG", "null"))
+    except psutil.Error:
+        return None
+
+
+def workers_of(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
+    """{index: process} of the workers a launch.local process has started, by the task their
+    TF_CONFIG names (the job's own process sits between, in its network namespace)."""
+    return {config["task"]["index"]: process
+            for process in psutil.Process(launcher.pid).children(recursive=True)
+            if (config := tf_config(process))}
+
+
 def listening_worker(launcher: subprocess.Popen, timeout: float = 180) -> tuple[int, int]:
     """(pid, port) of worker 0 of a launch.local job once it listens: the port its own TF_CONFIG
     names, listening in the table of the worker's network namespace (/proc/<pid>/net)."""
     deadline = time.monotonic() + timeout
     while launcher.poll() is None and time.monotonic() < deadline:
-        for process in psutil.Process(launcher.pid).children(recursive=True):
-            try:
-                config = json.loads(process.environ().get("TF_CONFIG", "null"))
-            except psutil.Error:  # Exited meanwhile.
-                continue
-            if config and config["task"]["index"] == 0:
-                port = int(config["cluster"]["worker"][0].rsplit(":", 1)[1])
-                if port in listening_ports(process.pid):
-                    return process.pid, port
+        chief = workers_of(launcher).get(0)
+        if chief and (config := tf_config(chief)):
+            port = int(config["cluster"]["worker"][0].rsplit(":", 1)[1])
+            if port in listening_ports(chief.pid):
+                return chief.pid, port
         time.sleep(0.1)
     raise AssertionError(f"no worker listened (launcher exit code {launcher.poll()})")
 
@@ -171,3 +187,159 @@ def test_allow_exposed_ports_runs_the_job_open_and_sigterm_to_the_launcher_stops
     assert sorted(worker for worker, _ in stopped) == ["0", "1"]
     assert len({step for _, step in stopped}) == 1
     assert os.path.exists(checkpoint_path(tmp_path / "job", int(stopped[0][1])) + ".index")
+
+
+# 50,000 steps: a job that runs until it is stopped, saving every 25 steps.
+LONG_JOB = dataclasses.replace(SMALL_JOB, epochs=500, steps_per_loop=5, checkpoint_every_steps=25)
+
+
+class Output:
+    """A process's output, read line by line as it comes by a thread of its own, so that a
+    test can wait for a line the program reaches."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self._process = process
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, start: str, timeout: float = 120) -> None:
+        """Returns once a line starting with `start` has come."""
+        deadline = time.monotonic() + timeout
+        while not self._seen(start):
+            if self._process.poll() is not None:  # The rest of its output, then no more.
+                self._thread.join(timeout=60)
+                assert self._seen(start), f"ended before {start!r}:\n{self.tail()}"
+                return
+            assert time.monotonic() < deadline, f"no {start!r} in {timeout} s:\n{self.tail()}"
+            time.sleep(0.05)
+
+    def _seen(self, start: str) -> bool:
+        return any(line.startswith(start) for line in list(self.lines))
+
+    def text(self) -> str:
+        """All of it once the process has ended; so far, before."""
+        self._thread.join(timeout=0 if self._process.poll() is None else 60)
+        return "".join(self.lines)
+
+    def tail(self) -> str:
+        """The end of it, for a failing assertion's message."""
+        return self.text()[-3000:]
+
+
+@pytest.fixture
+def start_paused(tmp_path):
+    """start_paused(*launcher_flags, **popen_options) starts a launch.local job of LONG_JOB, its
+    output merged into one pipe, and returns it and the Pause that holds its chief once it has
+    saved ckpt-25. What is left of it when the test ends (failing) is killed."""
+    launchers = []
+
+    def start(*launcher_flags, **popen_options) -> tuple[subprocess.Popen, Pause]:
+        pause = Pause(tmp_path / "pause", step=25, task=0)
+        config = dataclasses.replace(LONG_JOB, logdir=str(tmp_path), run_name="job")
+        launchers.append(start_module(
+            "launch.local", "--workers=2", *launcher_flags, "--", *command_line(config),
+            env={**environment(), **pause.env()}, stderr=subprocess.STDOUT, **popen_options))
+        return launchers[-1], pause
+
+    yield start
+    for launcher in launchers:
+        kill_tree(launcher)
+
+
+def kill_tree(launcher: subprocess.Popen) -> None:
+    """SIGKILL to a launcher still running and to every process under it."""
+    if launcher.poll() is None:
+        for process in psutil.Process(launcher.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        launcher.kill()
+    launcher.wait()
+
+
+def latest_step(tmp_path) -> int:
+    return int(tf.train.latest_checkpoint(tmp_path / "job" / CHECKPOINT_DIR).rsplit("-", 1)[1])
+
+
+def running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those still running; a zombie (exited, not yet reaped) holds neither CPU nor files."""
+    alive = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def test_a_launcher_killed_mid_run_leaves_no_process_of_its_job(start_paused, tmp_path):
+    # As the OOM killer or a closed terminal would: its job stops as on SIGTERM, with a
+    # checkpoint, and what is left after --grace_seconds is killed.
+    log = tmp_path / "launcher.log"
+    launcher, pause = start_paused("--grace_seconds=30", stdout=log.open("w"))
+    pause.wait(launcher)
+    job = psutil.Process(launcher.pid).children(recursive=True)
+    assert sum("trainer.train" in " ".join(p.cmdline()) for p in job) == 2
+    launcher.kill()
+    launcher.wait()
+    pause.release()
+    deadline = time.monotonic() + 60
+    while running(job) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(job), log.read_text()[-3000:]
+    # The workers got the SIGTERM, not the SIGKILL: they saved the step they stopped at.
+    assert latest_step(tmp_path) > 25
+    assert not (tmp_path / "job" / RESULT_FILE).exists()
+
+
+CTRL_C_LINE = ("[launcher] Ctrl-C (SIGINT): every worker checkpoints at its next step boundary "
+               "and exits 130; Ctrl-C again stops them at once\n")
+# A terminal sends Ctrl-C's SIGINT to its foreground process group: the launcher's.
+SEND_CTRL_C = {"to the launcher": os.kill, "to the launcher's process group": os.killpg}
+
+
+@pytest.mark.parametrize("send", SEND_CTRL_C)
+def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_exits_130(send, start_paused,
+                                                                    tmp_path):
+    launcher, pause = start_paused(start_new_session=True)
+    output = Output(launcher)
+    pause.wait(launcher)
+    job = psutil.Process(launcher.pid).children(recursive=True)
+    # The job in a process group of its own: each worker gets the launcher's SIGINT alone.
+    assert os.getpgid(launcher.pid) not in {os.getpgid(p.pid) for p in job}
+    SEND_CTRL_C[send](launcher.pid, signal.SIGINT)
+    output.wait_for("[launcher] Ctrl-C")  # Passed on to every worker.
+    pause.release()
+    assert launcher.wait(timeout=120) == 128 + signal.SIGINT, output.tail()
+    text = output.text()
+    # One line of the launcher's, no traceback, nothing left running.
+    assert [line for line in output.lines if not line.startswith("[worker ")] == [CTRL_C_LINE]
+    assert not running(job)
+    # One SIGINT each (a second would have stopped it at once, unsaved): every worker stopped at
+    # the same step boundary, checkpointed.
+    stopped = re.findall(r"\[worker (\d)\] .*Ctrl-C: stopped at step (\d+)", text)
+    assert sorted(worker for worker, _ in stopped) == ["0", "1"], text[-3000:]
+    assert len({step for _, step in stopped}) == 1
+    assert latest_step(tmp_path) == int(stopped[0][1]) > 25
+
+
+def test_a_second_ctrl_c_stops_every_worker_at_once(start_paused, tmp_path):
+    launcher, pause = start_paused()
+    output = Output(launcher)
+    pause.wait(launcher)
+    job = psutil.Process(launcher.pid).children(recursive=True)
+    launcher.send_signal(signal.SIGINT)
+    output.wait_for("[launcher] Ctrl-C (SIGINT)")
+    launcher.send_signal(signal.SIGINT)
+    output.wait_for("[launcher] Ctrl-C again")
+    pause.release()
+    assert launcher.wait(timeout=60) == 128 + signal.SIGINT, output.tail()
+    assert [line for line in output.lines if not line.startswith("[worker ")] == [
+        CTRL_C_LINE, "[launcher] Ctrl-C again: every worker stops at once\n"], output.tail()
+    assert not running(job)
+    assert latest_step(tmp_path) == 25  # Stopped at once: nothing saved after the pause.
