@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, Pause, assert_same_tensors, ch
 from trainer import distribute
 from trainer.checkpointing import CheckpointError, RunCheckpoints
 from trainer.config import TrainConfig
-from trainer.preemption import PREEMPTED_EXIT_CODE
+from trainer.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from trainer.run_files import RESULT_FILE
 from trainer.train_lib import CHECKPOINT_DIR, DivergenceError, train_and_evaluate
 from trainer.train_state import build_train_state
@@ -88,17 +89,63 @@ def test_a_run_killed_mid_run_and_restarted_ends_bit_for_bit_as_if_never_killed(
     assert_bitwise_equal(final_state(logdir, "killed"), want)
 
 
-def test_sigterm_saves_the_steps_completed_and_exits_for_a_restart(uninterrupted):
+@pytest.mark.parametrize("signum, exit_code, name", [
+    (signal.SIGTERM, PREEMPTED_EXIT_CODE, "SIGTERM"),  # A scheduler's: it restarts the job.
+    (signal.SIGINT, INTERRUPTED_EXIT_CODE, "Ctrl-C"),  # A person's: nothing restarts it.
+])
+def test_a_stop_signal_saves_the_steps_completed_and_the_rerun_resumes_them(
+        uninterrupted, signum, exit_code, name):
     logdir, want = uninterrupted
-    returncode, output = interrupt_after(logdir, "preempted", 50, signal.SIGTERM)
-    assert returncode == PREEMPTED_EXIT_CODE, output[-3000:]
+    returncode, output = interrupt_after(logdir, name, 50, signum)
+    assert returncode == exit_code, output[-3000:]
     # Signalled at the step boundary of step 50: it stops there, losing no completed step.
-    assert "SIGTERM: stopped at step 50 of 400" in output, output[-3000:]
-    latest = tf.train.latest_checkpoint(os.path.join(logdir, "preempted", CHECKPOINT_DIR))
+    assert f"{name}: stopped at step 50 of 400 with a checkpoint saved" in output, output
+    assert "Traceback" not in output
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, name, CHECKPOINT_DIR))
     assert latest.endswith("ckpt-50")
-    output = run_to_end(logdir, "preempted")
+    output = run_to_end(logdir, name)
     assert resumed_step(output) == 50
-    assert_bitwise_equal(final_state(logdir, "preempted"), want)
+    assert_bitwise_equal(final_state(logdir, name), want)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    # Held after saving ckpt-50, it is sent Ctrl-C, says it will stop at the next step boundary,
+    # and is sent another before it is let go: it ends there, with the checkpoint it had.
+    pause = Pause(tmp_path / "pause", 50)
+    process = start(tmp_path, "run", env={**environment(), **pause.env()})
+    lines, first_answered = [], threading.Event()
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C: stopping at the next step boundary"):
+                first_answered.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    pause.wait(process)
+    process.send_signal(signal.SIGINT)
+    assert first_answered.wait(timeout=60), "".join(lines)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == INTERRUPTED_EXIT_CODE, "".join(lines)
+    reader.join()
+    output = "".join(lines)
+    assert "Ctrl-C again: stopping at once" in output and "Traceback" not in output, output
+    assert "stopped at step" not in output  # Not let go: it never reached a step boundary.
+    latest = tf.train.latest_checkpoint(os.path.join(tmp_path, "run", CHECKPOINT_DIR))
+    assert latest.endswith("ckpt-50")
+
+
+def test_a_ctrl_c_as_the_run_starts_stops_it_before_its_first_step(tmp_path):
+    pause = Pause(tmp_path / "pause", None)  # Held before it restores and trains.
+    process = start(tmp_path, "run", env={**environment(), **pause.env()})
+    pause.wait(process)
+    process.send_signal(signal.SIGINT)
+    pause.release()
+    done = finish(process)
+    assert done.returncode == INTERRUPTED_EXIT_CODE, done.stdout[-3000:]
+    assert "Ctrl-C: stopped at step 0 of 400 before training a step" in done.stdout, done.stdout
+    assert tf.train.latest_checkpoint(os.path.join(tmp_path, "run", CHECKPOINT_DIR)) is None
 
 
 # Plain gradient descent at 1e30: step 1 is finite, step 2 overflows to NaN.

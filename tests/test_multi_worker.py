@@ -160,6 +160,22 @@ def test_a_sigterm_while_the_job_starts_stops_it_at_its_first_step(tmp_path):
     assert latest.endswith(f"ckpt-{step}")
 
 
+def test_a_ctrl_c_to_one_worker_stops_every_worker_at_one_step(tmp_path):
+    # TensorFlow's handler coordinates SIGTERM only: the worker given Ctrl-C passes it on as
+    # one, stops with the others, and names what it was given.
+    config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", steps_per_loop=5)
+    code, output = run_job_signalled(config, Pause(tmp_path / "pause", 100, task=1),
+                                     signal.SIGINT)
+    assert code in (128 + signal.SIGINT, 128 + signal.SIGTERM), output[-3000:]
+    stops = dict(re.findall(r"\[worker (\d)\] .*?(\S+: stopped at step \d+) ", output))
+    step = stops.get("0", "").removeprefix("SIGTERM: stopped at step ")
+    assert stops == {"0": f"SIGTERM: stopped at step {step}",
+                     "1": f"Ctrl-C: stopped at step {step}"}, output[-3000:]
+    assert "Traceback" not in output
+    latest = tf.train.latest_checkpoint(os.path.join(tmp_path, "job", CHECKPOINT_DIR))
+    assert latest.endswith(f"ckpt-{step}")
+
+
 def test_a_diverging_job_retries_from_the_same_checkpoint_on_every_worker(tmp_path):
     # Gradient descent at 1e30: step 1 is finite, step 2 is not, on every worker at once
     # (gradients are summed across them). Only the chief has seen ckpt-1 being written.

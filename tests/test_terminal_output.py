@@ -4,7 +4,10 @@ unless --verbosity asks for it; errors still one line; the benchmark's progress.
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -140,3 +143,42 @@ def test_the_benchmark_logs_each_round_of_a_measurement(caplog):
         "[throughput] batch 128: round 2/3, about 0:00 left",
         "[throughput] batch 128: round 3/3, about 0:00 left",
     ]
+
+
+
+def _assert_ended_by_ctrl_c(module: str, process) -> None:
+    done = finish(process, timeout=120)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == f"{module}: interrupted (Ctrl-C)", done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_ctrl_c_nothing_caught_is_one_line_not_a_traceback():
+    # As while an entry point loads TensorFlow, before it has anything to stop.
+    done = subprocess.run([sys.executable, "-c", "import trainer.terminal\n"
+                           "raise KeyboardInterrupt"], cwd=REPO, env=environment(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGINT  # As a shell expects of a program it interrupted.
+    assert done.stderr.splitlines() == ["-c: interrupted (Ctrl-C)"], done.stderr
+
+
+def test_ctrl_c_ends_the_convergence_suite_at_once_in_one_line(tmp_path):
+    # Inside the suite's one compiled loop (hours long at this max_iters), where Python's own
+    # handler would wait for it to end.
+    process = start_module("trainer.convergence", "--max_iters=1000000000",
+                           f"--logdir={tmp_path}")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "settings.json").exists():  # Written as the suite begins.
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _assert_ended_by_ctrl_c("trainer.convergence", process)
+
+
+def test_ctrl_c_ends_the_benchmark_at_once_in_one_line():
+    process = start_module("trainer.bench", "--sections=throughput")
+    for line in process.stderr:
+        if "[throughput] section 1/1" in line:  # Its minutes of measurement begin.
+            process.send_signal(signal.SIGINT)
+            break
+    _assert_ended_by_ctrl_c("trainer.bench", process)

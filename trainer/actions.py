@@ -126,15 +126,16 @@ class SaveCheckpoint(Action):
 
 
 class SaveIfPreempted(Action):
-    """After every run: on SIGTERM, a checkpoint of the steps completed (on every worker)."""
+    """After every run: on SIGTERM or Ctrl-C, a checkpoint of the steps completed (on every
+    worker)."""
 
     every_run = True
 
-    def __init__(self, sigterm):
-        self.sigterm = sigterm
+    def __init__(self, stop_signals):
+        self.stop_signals = stop_signals
 
     def __call__(self, step, logs):
-        self.sigterm.save_if_preempted(step)
+        self.stop_signals.save_if_preempted(step)
 
 
 class Profile(Action):

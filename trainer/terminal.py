@@ -1,6 +1,6 @@
 """What a user's terminal shows: our own log lines, warnings and errors, not the libraries'
 chatter (oneDNN and CUDA probes, XLA service lines, "Sharding callback duration" after every
-checkpoint, SavedModel signature renames, ...).
+checkpoint, SavedModel signature renames, ...), and one line, not a traceback, for a Ctrl-C.
 
 Every entry point imports this module before anything that loads TensorFlow:
 
@@ -56,6 +56,31 @@ def refuse_arguments(argv: list[str], program: str) -> None:
     if len(argv) > 1:
         sys.exit(f"{program}: error: unexpected argument {argv[1]!r}: settings are flags, "
                  "e.g. --epochs=2 (--helpshort lists them)")
+
+
+def program_name() -> str:
+    """The entry point's name as users type it: `trainer.train`, `trainer.convergence`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = spec.name if spec else os.path.basename(sys.argv[0])
+    return name.removesuffix(".__main__")
+
+
+def interrupted_line() -> str:
+    """What an entry point says when Ctrl-C ends it before it has anything to save."""
+    return f"{program_name()}: interrupted (Ctrl-C)"
+
+
+def _one_line_for_ctrl_c(excepthook):
+    """`excepthook`, but a KeyboardInterrupt nobody caught is one line, not a traceback.
+    Python still ends the process by SIGINT, as shells and launchers expect (exit 130)."""
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print(interrupted_line(), file=sys.stderr)
+        else:
+            excepthook(kind, value, traceback)
+
+    return hook
 
 
 def tensorboard_command(logdir: str) -> str:
@@ -161,6 +186,7 @@ def user_environ() -> dict[str, str]:
 
 
 def _set_up() -> None:
+    sys.excepthook = _one_line_for_ctrl_c(sys.excepthook)
     if verbosity_from(sys.argv) < 1:
         os.environ.setdefault(CPP_LEVEL, QUIET_CPP_LEVEL)
     # Every Python log line through absl's handler, which app.run would install anyway: there

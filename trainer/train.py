@@ -41,9 +41,9 @@ def main(argv):
     except RunFinished as e:
         print(f"trainer.train: {e}")  # Not an error: the run is there, finished.
         return
-    except Preempted as e:
+    except Preempted as e:  # SIGTERM (143) or Ctrl-C (130), with a checkpoint saved.
         logging.warning("%s", e)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(e.exit_code)
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
         # Another task of a multi-worker job died (killed, out of memory, node lost) or came
         # back as a new process: this one's collectives fail. TensorFlow's own coordinator takes

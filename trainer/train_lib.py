@@ -62,8 +62,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     if config.deterministic:  # Process-wide; our own randomness is already seeded.
         tf.config.experimental.enable_op_determinism()
     strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
-    # From here on a SIGTERM, however early, stops the run at its first step boundary.
-    with preemption.held_sigterm():
+    # From here on a SIGTERM or Ctrl-C, however early, stops the run at its first step boundary.
+    with preemption.held_stop_signals():
         return _train_and_evaluate(config, strategy)
 
 
@@ -98,8 +98,8 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy) -
     writer.write_text(step, {"config/flags": "```\n" + config.flagfile() + "```"})
 
     # Train loop: compiled runs of steps; between them the periodic actions, each with its
-    # own cadence; a stop on SIGTERM, and on divergence once the retries are spent.
-    with preemption.watch(strategy, checkpoints) as sigterm:
+    # own cadence; a stop on SIGTERM or Ctrl-C, and on divergence once the retries are spent.
+    with preemption.watch(strategy, checkpoints) as stop_signals:
         periodic = [
             actions.WriteTrainScalars(writer),
             actions.WriteGraph(writer),
@@ -110,17 +110,16 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy) -
             actions.ReportProgress(Progress(step, total_steps, steps_per_epoch, enabled=chief)),
             actions.SaveCheckpoint([steps_per_epoch, config.checkpoint_every_steps],
                                    checkpoints, writer),
-            actions.SaveIfPreempted(sigterm),  # Across workers: saves and raises Preempted.
+            actions.SaveIfPreempted(stop_signals),  # Across workers: saves, raises Preempted.
         ]
         if chief and config.profile_steps:
             periodic.append(actions.Profile(run_dir, *config.profile_steps))
         step = Controller(run.train, periodic, total_steps, config.steps_per_loop,
-                          stop_requested=lambda: sigterm.requested,
+                          stop_requested=lambda: stop_signals.requested,
                           recoverable=(NonFiniteError,), recover=run.recover).run(step)
     if step < total_steps:
         writer.close()
-        raise preemption.Preempted(f"SIGTERM: stopped at step {step} of {total_steps} with a "
-                                   "checkpoint saved; rerun the same command to resume")
+        raise stop_signals.stopped(step, total_steps)
 
     # Final test score and export.
     test = state.evaluate(*inputs.eval_set("test"))

@@ -19,7 +19,7 @@ import trainer.terminal
 
 from absl import app, flags, logging
 
-from trainer import distribute
+from trainer import ctrl_c, distribute
 from trainer.bench import convergence as bench_convergence
 from trainer.bench import precision as bench_precision
 from trainer.bench import step_profile
@@ -60,12 +60,13 @@ def main(argv):
     # Before any TensorFlow work: the distribution section's replicas are logical CPUs.
     distribute.split_cpu(bench_training.CPU_REPLICAS)
     measurements = {}
-    for index, name in enumerate(FLAGS.sections, 1):
-        # Progress on stderr (the sections and measure() log their own); the table on stdout.
-        logging.info("[%s] section %d/%d", name, index, len(FLAGS.sections))
-        start = time.monotonic()
-        measurements[name] = SECTIONS[name]()
-        logging.info("[%s] done in %.0f s", name, time.monotonic() - start)
+    with ctrl_c.ends_at_once():  # Even inside a long compiled measurement.
+        for index, name in enumerate(FLAGS.sections, 1):
+            # Progress on stderr (the sections and measure() log their own); the table on stdout.
+            logging.info("[%s] section %d/%d", name, index, len(FLAGS.sections))
+            start = time.monotonic()
+            measurements[name] = SECTIONS[name]()
+            logging.info("[%s] done in %.0f s", name, time.monotonic() - start)
     print(markdown_table(["section", "measure", "value"], [
         [section, measure, _format(value)]
         for section, values in measurements.items() for measure, value in values.items()]))

@@ -29,6 +29,7 @@ import trainer.terminal
 import numpy as np
 from absl import app, flags
 
+from trainer import ctrl_c
 from trainer.convergence.suite import (LogdirError, SuiteSettings, format_table, results_json,
                                      run_and_report)
 from trainer.optimizers import OPTIMIZERS
@@ -89,7 +90,8 @@ def main(argv):
                              learning_rates=tuple(FLAGS.learning_rates),
                              init_val=FLAGS.init_val, max_iters=FLAGS.max_iters)
     try:
-        results = run_and_report(settings, FLAGS.logdir)
+        with ctrl_c.ends_at_once():  # Even inside the suite's one compiled loop.
+            results = run_and_report(settings, FLAGS.logdir)
     except LogdirError as e:
         # A logdir holding other settings: one line naming the flag, nothing written over.
         sys.exit(f"trainer.convergence: error: {e}")
