@@ -23,6 +23,7 @@ from trainer.distribute import StrategyError
 from trainer.exiting import exit_promptly
 from trainer import flags as trainer_flags
 from trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
+from trainer.run_lock import RunInUse
 from trainer.train_lib import DivergenceError, RunFinished, train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -35,7 +36,8 @@ def main(argv):
     trainer.terminal.refuse_arguments(argv, "trainer.train")
     try:
         result = train_and_evaluate(trainer_flags.config_from_flags(FLAGS).validate())
-    except (ConfigError, StrategyError, DataError, CheckpointError, DivergenceError) as e:
+    except (ConfigError, StrategyError, DataError, CheckpointError, DivergenceError,
+            RunInUse) as e:
         # One line naming the flag, file or step; non-zero exit; nothing written over.
         sys.exit(f"trainer.train: error: {e}")
     except RunFinished as e:

@@ -6,6 +6,7 @@ train_state.py, the loop's cadence in controller.py and what it does between run
 actions.py; this file only puts them together.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -13,7 +14,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from trainer import actions, distribute, preemption, run_data, run_files
+from trainer import actions, distribute, preemption, run_data, run_files, run_lock
 from trainer.checkpointing import RunCheckpoints
 from trainer.config import ConfigError, TrainConfig
 from trainer.controller import Controller
@@ -63,11 +64,12 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
         tf.config.experimental.enable_op_determinism()
     strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
     # From here on a SIGTERM or Ctrl-C, however early, stops the run at its first step boundary.
-    with preemption.held_stop_signals():
-        return _train_and_evaluate(config, strategy)
+    with preemption.held_stop_signals(), contextlib.ExitStack() as until_the_run_ends:
+        return _train_and_evaluate(config, strategy, until_the_run_ends)
 
 
-def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainResult:
+def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
+                        until_the_run_ends: contextlib.ExitStack) -> TrainResult:
     chief = distribute.is_chief(strategy)  # Only the chief writes files of the run.
     logging.info("%s", distribute.describe(strategy))
 
@@ -80,7 +82,9 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy) -
     # Run directory, once the settings are known to work: same settings, same directory, so
     # a rerun resumes (and must compute the same thing).
     run_dir = prepare_run_dir(config)
+    lock_run_dir(run_dir, strategy, until_the_run_ends)
     if chief:
+        check_not_finished(config)  # By a trainer that held the lock until a moment ago?
         run_files.write_flags(run_dir, config.flagfile())  # Kept as is on a resumption.
         run_files.write_data(run_dir, run_data.record(data))  # So is this.
 
@@ -210,6 +214,22 @@ def prepare_run_dir(config: TrainConfig) -> str:
     logging.info("run directory: %s", run_dir)
     _check_same_settings(config, run_dir)
     return run_dir
+
+
+def lock_run_dir(run_dir: str, strategy: tf.distribute.Strategy,
+                 until_the_run_ends: contextlib.ExitStack) -> None:
+    """One trainer (one job) per run directory: the chief holds its lock until the run ends.
+    Raises RunInUse on every worker when another holds it: the chief tells the others (a
+    collective), so a second job stops whole rather than lose its chief as a peer."""
+    refused = None
+    if distribute.is_chief(strategy):
+        try:
+            until_the_run_ends.enter_context(run_lock.hold(run_dir))
+        except run_lock.RunInUse as e:
+            refused = e
+    if distribute.chief_value(strategy, int(refused is not None)):
+        raise refused or run_lock.RunInUse(
+            f"{run_dir} is in use by another trainer (the chief's error names it)")
 
 
 def check_not_finished(config: TrainConfig) -> None:
