@@ -3,6 +3,7 @@ one line naming the first, and writes nothing; the lock dies with its holder, ki
 """
 
 import dataclasses
+import errno
 import io
 import os
 import re
@@ -79,3 +80,16 @@ def test_every_worker_of_a_second_job_stops_in_one_line(tmp_path):
     assert re.search(rf"\[worker 1\] trainer\.train: error: {run_dir} is in use by another "
                      r"trainer \(the chief's error names it\)", text), text[-3000:]
     assert sorted(p.name for p in run_dir.iterdir()) == [run_lock.LOCK_FILE]
+
+
+def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch,
+                                                                   caplog):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    with run_lock.hold(str(tmp_path)):
+        pass
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot lock {tmp_path / run_lock.LOCK_FILE} ({os.strerror(errno.ENOLCK)}): a second "
+        "trainer on this run directory would not be refused"]

@@ -4,8 +4,8 @@ attempt is still draining, two sweeps over one directory) is refused, naming the
 The lock is the kernel's `flock` on `<run>/run.lock`, held by the chief for as long as its run
 lasts. The kernel drops it when the holder ends however it ends, kill -9 included, so a rerun
 after a crash never meets a stale lock; the file itself stays, naming the last holder. On NFS,
-Linux maps flock to the server's byte-range locks, which hold across clients; a filesystem
-without locks (some FUSE mounts) takes it on each machine alone.
+Linux maps flock to the server's byte-range locks, which hold across clients; on a filesystem
+without locks the run goes on with a warning, unguarded.
 """
 
 import contextlib
@@ -14,6 +14,8 @@ import fcntl
 import json
 import os
 import socket
+
+from absl import logging
 
 LOCK_FILE = "run.lock"
 
@@ -34,7 +36,11 @@ def hold(run_dir: str):
             raise RunInUse(f"{run_dir} is in use by another trainer ({_holder(fd)}); let it "
                            "finish or stop it, or train into another --run_name or --logdir"
                            ) from None
-        _record_holder(fd)
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: a filesystem that has no locks.
+            logging.warning("cannot lock %s (%s): a second trainer on this run directory "
+                            "would not be refused", path, e.strerror)
+        else:
+            _record_holder(fd)
         yield path
     finally:
         os.close(fd)  # Releases the lock.
