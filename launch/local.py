@@ -1,16 +1,20 @@
 """Runs a multi-worker training job on this machine: N trainer processes on 127.0.0.1.
 
     python -m launch.local --workers=2 -- --epochs=2 --batch_size=256
+    python -m launch.local --workers=2 --max_restarts=3 -- --epochs=2   # heals itself
 
 Each worker is `python -m trainer.train --strategy=multi_worker <trainer flags>` with its own
 TF_CONFIG naming every worker on a free loopback port, exactly what a cluster scheduler sets on
 real machines. The trainer flags are checked before any worker starts: a misspelt one, or
 --strategy (set here), is one line `launch.local: error: ...`. Output is streamed with a
-`[worker i]` prefix. If any worker fails, the others are stopped at once and the launcher exits
-with that worker's code: a job never hangs waiting on a dead peer.
+`[worker i]` prefix. If any worker fails, the others are stopped at once: a job never hangs
+waiting on a dead peer. With --max_restarts, as torchrun's, a worker preempted (exit 143) or
+killed by a signal gets the whole job restarted, from its latest checkpoint; any other failure
+ends it with that worker's code.
 
 SIGTERM to the launcher reaches every worker, which checkpoint and exit 143; Ctrl-C (SIGINT)
-likewise, and the launcher exits 130; a second Ctrl-C stops them at once. The job runs in a process group of its own, so a terminal's Ctrl-C reaches
+likewise, and the launcher exits 130; a second Ctrl-C stops them at once. Neither is ever a
+reason to restart. The job runs in a process group of its own, so a terminal's Ctrl-C reaches
 the launcher alone, which passes it on once. If the launcher dies (SIGKILL, the OOM killer), its
 job stops as on SIGTERM, and what is left after --grace_seconds is killed.
 
@@ -37,6 +41,10 @@ flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
 flags.DEFINE_float("grace_seconds", 10.0,
                    "After a worker fails, a second Ctrl-C or the launcher's death, how long the "
                    "workers get to exit before they are killed.", lower_bound=0.0)
+flags.DEFINE_integer("max_restarts", 0,
+                     "How many times the whole job is started again, from its latest "
+                     "checkpoint, after a worker is preempted (exit 143) or killed by a signal.",
+                     lower_bound=0)
 flags.DEFINE_bool("allow_exposed_ports", False,
                   "Where no private network namespace can be made (not Linux, or unprivileged "
                   "user namespaces disabled), run the job anyway with the workers' gRPC ports "
@@ -50,7 +58,8 @@ SET_BY_LOCAL = {"strategy": "launch.local (--strategy=multi_worker)"}
 
 
 def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10.0,
-            allow_exposed_ports: bool = False, sink=sys.stdout, env: dict | None = None) -> int:
+            allow_exposed_ports: bool = False, sink=sys.stdout, env: dict | None = None,
+            max_restarts: int = 0) -> int:
     """Starts the job (launch/local_job.py) in a private network, streams its output, and
     returns its exit code: 130 after Ctrl-C.
 
@@ -61,7 +70,7 @@ def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10
     """
     trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL,
                                       replicas=num_workers, launcher_args=(MULTI_WORKER_FLAG,))
-    command = local_job.command(num_workers, trainer_args, grace_seconds)
+    command = local_job.command(num_workers, trainer_args, grace_seconds, max_restarts)
     # A process group of its own: a terminal's Ctrl-C, sent to its foreground group, reaches
     # this process alone, and each worker gets the one SIGINT passed on.
     options = dict(env=dict(trainer.terminal.user_environ() if env is None else env),
@@ -100,7 +109,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         code = run_job(FLAGS.workers, argv[1:], grace_seconds=FLAGS.grace_seconds,
-                       allow_exposed_ports=FLAGS.allow_exposed_ports)
+                       allow_exposed_ports=FLAGS.allow_exposed_ports,
+                       max_restarts=FLAGS.max_restarts)
     except LaunchError as e:
         # One line naming the flag; no worker started.
         sys.exit(f"launch.local: error: {e}")

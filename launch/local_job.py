@@ -1,15 +1,19 @@
 """launch.local's job: the one process that starts the workers and watches them, inside the
 job's private network (launch/private_network.py), so that every worker shares it.
 
-    python -m launch.local_job --workers=N --grace_seconds=S --launcher_pid=PID -- TRAINER_FLAGS
+    python -m launch.local_job --workers=N --grace_seconds=S --max_restarts=R \
+        --launcher_pid=PID -- TRAINER_FLAGS
 
 Each worker is `python -m trainer.train --strategy=multi_worker <trainer flags>` with its own
 TF_CONFIG naming every worker on a free 127.0.0.1 port, exactly what a cluster scheduler sets on
 real machines. Output is streamed with a `[worker i]` prefix. If any worker fails, the others
-are stopped at once and the job exits with that worker's code: a job never hangs waiting on a
-dead peer.
+are stopped at once: a job never hangs waiting on a dead peer. A worker preempted (exit 143: it
+was sent SIGTERM, or a peer was lost) or killed by a signal gets the whole job started again,
+up to R times, and it resumes from its latest checkpoint; any other failure (exit 1: bad flags,
+divergence) ends the job with that worker's code.
 
-SIGTERM and SIGINT to this process are requests to stop, passed on to every worker. When the launcher dies (SIGKILL, the OOM killer, a closed terminal) this
+SIGTERM and SIGINT to this process are requests to stop, passed on to every worker, never a
+reason to restart. When the launcher dies (SIGKILL, the OOM killer, a closed terminal) this
 process gets SIGHUP (PR_SET_PDEATHSIG) and stops the workers as SIGTERM does, killing what is
 left after S seconds; a worker dies with this process. launch.local checks the flags first;
 this program loads no TensorFlow.
@@ -29,6 +33,9 @@ import time
 
 from launch.ports import free_ports
 
+# The trainer's exit code once preempted or when a peer of its job was lost (128 + SIGTERM,
+# trainer/preemption.py): the job can go on from its checkpoints.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 # What a launcher and its job take as a request to stop; SIGHUP: the launcher is gone.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # What each worker is sent for each, and what the job's output says of it.
@@ -160,6 +167,13 @@ def exit_code(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
+def restartable(returncode: int) -> bool:
+    """Preempted, a peer lost, or killed by a signal: the job goes on from its checkpoints.
+    Not after a Ctrl-C (130, or killed by a second one): someone asked it to stop. Anything
+    else (1: bad flags, divergence) would fail again."""
+    return returncode == PREEMPTED_EXIT_CODE or returncode < 0 and returncode != -signal.SIGINT
+
+
 def tf_configs(ports: list[int]) -> list[str]:
     """One TF_CONFIG per worker; worker 0 is the chief."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
@@ -173,26 +187,45 @@ def _stream(prefix: str, stream, output: Output) -> None:
 
 
 def run_workers(num_workers: int, trainer_args: list[str], grace_seconds: float,
-                sink=sys.stdout) -> int:
-    """Runs the job to its end and returns its exit code."""
+                max_restarts: int = 0, sink=sys.stdout) -> int:
+    """Runs the job to its end, restarting it up to `max_restarts` times after a worker is
+    preempted or killed, and returns the job's exit code."""
     output = Output(sink)
+    restarts_left = max_restarts
     with StopRequests(grace_seconds) as stop:
-        workers = _start_workers(num_workers, trainer_args, stop, output)
-        failed = _watch(workers, stop, output)
-        if failed is not None and not stop.requested:
-            output.write(f"[launcher] worker {failed[0]} exited with code {failed[1]}; "
-                         "stopping the job\n")
-        _stop([process for process, _ in workers],
-              min(stop.deadline, time.monotonic() + grace_seconds))
-        for _, thread in workers:
-            thread.join(timeout=5)
-        stop.announce(output)
+        while True:
+            workers = _start_workers(num_workers, trainer_args, stop, output)
+            failed = _watch(workers, stop, output)
+            restart = (failed is not None and not stop.requested and restartable(failed[1])
+                       and restarts_left > 0)
+            if failed is not None and not stop.requested:
+                restarts_left -= restart
+                output.write(_failure_line(*failed, restart, restarts_left, max_restarts))
+            _stop([process for process, _ in workers],
+                  min(stop.deadline, time.monotonic() + grace_seconds))
+            for _, thread in workers:
+                thread.join(timeout=5)
+            stop.announce(output)
+            if not restart or stop.requested:
+                break
     if not workers:  # Stopped before any worker started.
         return 128 + _PASSED_AS[stop.received[0]]
     if failed is None:  # All exited, or the deadline passed: the first that did not exit 0.
         failed = next(((i, p.returncode) for i, (p, _) in enumerate(workers)
                        if p.returncode != 0), None)
     return 0 if failed is None else exit_code(failed[1])
+
+
+def _failure_line(index: int, returncode: int, restart: bool, restarts_left: int,
+                  max_restarts: int) -> str:
+    """What the job's output says when a worker fails: why, and what happens next."""
+    if restart:
+        then = (f"restarting the job from its latest checkpoint ({restarts_left} "
+                f"restart{'' if restarts_left == 1 else 's'} left)")
+    else:
+        then = "stopping the job" + (
+            " (no restarts left)" if max_restarts and restartable(returncode) else "")
+    return f"[launcher] worker {index} exited with code {returncode}; {then}\n"
 
 
 def _start_workers(num_workers: int, trainer_args: list[str], stop: StopRequests,
@@ -248,23 +281,26 @@ def _stop(processes: list[subprocess.Popen], deadline: float) -> None:
             process.wait()
 
 
-def command(num_workers: int, trainer_args: list[str], grace_seconds: float) -> list[str]:
+def command(num_workers: int, trainer_args: list[str], grace_seconds: float,
+            max_restarts: int = 0) -> list[str]:
     """The command line that runs this job for this launcher (trainer_args already checked)."""
     return [sys.executable, "-m", "launch.local_job", f"--workers={num_workers}",
-            f"--grace_seconds={grace_seconds}", f"--launcher_pid={os.getpid()}", "--",
-            *trainer_args]
+            f"--grace_seconds={grace_seconds}", f"--max_restarts={max_restarts}",
+            f"--launcher_pid={os.getpid()}", "--", *trainer_args]
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="launch.local_job")
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--grace_seconds", type=float, required=True)
+    parser.add_argument("--max_restarts", type=int, default=0)
     parser.add_argument("--launcher_pid", type=int, required=True)
     parser.add_argument("trainer_args", nargs="*")
     args = parser.parse_args(argv)
     # SIGHUP stays blocked, as the launcher started this process, until StopRequests handles it.
     die_with_parent(signal.SIGHUP, args.launcher_pid)
-    sys.exit(run_workers(args.workers, args.trainer_args, args.grace_seconds))
+    sys.exit(run_workers(args.workers, args.trainer_args, args.grace_seconds,
+                         args.max_restarts))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ CASES = [
     BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 --workers=0",
              "launch.kubernetes: error: --workers=0: must be at least 1 (the chief)"),
     BadInput("launch.local", "--workers=0", "flag --workers=0: 0 is not a positive integer"),
+    BadInput("launch.local", "--max_restarts=-1",
+             "flag --max_restarts=-1: -1 is not a non-negative integer"),
     # Trainer values are checked by the trainer's own flags before anything starts.
     BadInput("launch.kubernetes",
              "--claim=mlp-runs --image=mlp:1 --workers=4 --gpus_per_worker=1 -- --batch_size=510",

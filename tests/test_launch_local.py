@@ -1,6 +1,7 @@
 """launch.local refuses bad trainer flags before any worker starts; its workers' ports are
 closed to everyone outside the job, or the job needs --allow_exposed_ports; SIGTERM and Ctrl-C
-reach every worker once; a launcher that dies leaves nothing running; free ports for servers."""
+reach every worker once and are never a reason to restart; a launcher that dies leaves nothing
+running; free ports for servers."""
 
 import contextlib
 import dataclasses
@@ -163,7 +164,8 @@ def test_without_a_private_network_the_job_is_refused_in_one_line():
 def test_allow_exposed_ports_runs_the_job_open_and_sigterm_to_the_launcher_stops_it(tmp_path):
     config = dataclasses.replace(SMALL_JOB, logdir=str(tmp_path), run_name="job", epochs=20,
                                  steps_per_loop=5, checkpoint_every_steps=25)
-    launcher = start_module("launch.local", "--workers=2", "--allow_exposed_ports", "--",
+    launcher = start_module("launch.local", "--workers=2", "--allow_exposed_ports",
+                            "--max_restarts=2", "--",
                             *command_line(config), wrapper=NO_NAMESPACES,
                             stderr=subprocess.STDOUT)
     output = []
@@ -181,8 +183,10 @@ def test_allow_exposed_ports_runs_the_job_open_and_sigterm_to_the_launcher_stops
     output = "".join(output) + done.stdout
     assert ("[launcher] warning: no private network for the workers (unshare(CLONE_NEWNET): "
             in output)
-    # Passed on to every worker, which saved the same step and exited 143.
+    # Passed on to every worker, which saved the same step and exited 143: a request to stop,
+    # not a preemption to heal.
     assert done.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "restarting" not in output
     stopped = re.findall(r"\[worker (\d)\] .*SIGTERM: stopped at step (\d+)", output)
     assert sorted(worker for worker, _ in stopped) == ["0", "1"]
     assert len({step for _, step in stopped}) == 1
@@ -306,7 +310,7 @@ SEND_CTRL_C = {"to the launcher": os.kill, "to the launcher's process group": os
 @pytest.mark.parametrize("send", SEND_CTRL_C)
 def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_exits_130(send, start_paused,
                                                                     tmp_path):
-    launcher, pause = start_paused(start_new_session=True)
+    launcher, pause = start_paused("--max_restarts=2", start_new_session=True)
     output = Output(launcher)
     pause.wait(launcher)
     job = psutil.Process(launcher.pid).children(recursive=True)
@@ -317,7 +321,7 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_exits_130(send, start_p
     pause.release()
     assert launcher.wait(timeout=120) == 128 + signal.SIGINT, output.tail()
     text = output.text()
-    # One line of the launcher's, no traceback, nothing left running.
+    # One line of the launcher's, no traceback, no restart, nothing left running.
     assert [line for line in output.lines if not line.startswith("[worker ")] == [CTRL_C_LINE]
     assert not running(job)
     # One SIGINT each (a second would have stopped it at once, unsaved): every worker stopped at
@@ -329,7 +333,7 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_exits_130(send, start_p
 
 
 def test_a_second_ctrl_c_stops_every_worker_at_once(start_paused, tmp_path):
-    launcher, pause = start_paused()
+    launcher, pause = start_paused("--max_restarts=2")
     output = Output(launcher)
     pause.wait(launcher)
     job = psutil.Process(launcher.pid).children(recursive=True)
