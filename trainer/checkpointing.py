@@ -1,8 +1,9 @@
 """Restoring a run's state: the newest checkpoint that reads back, and clear words otherwise.
 
-Saving needs nothing of ours: `tf.train.CheckpointManager` writes the checkpoint files first
+Saving needs little of ours: `tf.train.CheckpointManager` writes the checkpoint files first
 and only then rewrites its small state file, atomically, so a job killed mid-save still lists
-the previous checkpoint as the latest.
+the previous checkpoint as the latest. A save that meets a full disk is ours to clean up: it
+leaves `ckpt-<step>_temp/`, maybe part of `ckpt-<step>.*` and a `checkpoint.tmp*`, none listed.
 """
 
 import os
@@ -11,6 +12,7 @@ from typing import Callable
 import tensorflow as tf
 from absl import logging
 
+from trainer import disk
 
 CHECKPOINT_NAME = "ckpt"  # Files are <directory>/ckpt-<step>.*
 
@@ -94,6 +96,7 @@ class RunCheckpoints:
             checkpoint, write_directory, max_to_keep if is_chief else 1,
             checkpoint_name=CHECKPOINT_NAME)
         self._saved = None  # (step, path) of this process's last save.
+        disk.note_checkpoints(directory)
 
     def restore(self) -> str | None:
         """Restores, on every worker, the chief's newest readable checkpoint; returns its path,
@@ -125,8 +128,22 @@ class RunCheckpoints:
         path (an epoch end that is also a preemption point saves one checkpoint)."""
         if self._saved and self._saved[0] == step:
             return self._saved[1]
-        path = self.manager.save(checkpoint_number=step)
+        name = f"{CHECKPOINT_NAME}-{step}"
+        with disk.writing(self.manager.directory, f"saving checkpoint {name}",
+                          undo=lambda: self._remove_unlisted(name)):
+            path = self.manager.save(checkpoint_number=step)
         if not self.is_chief:
             tf.io.gfile.rmtree(self.manager.directory)
         self._saved = (step, path)
         return path
+
+    def _remove_unlisted(self, name: str) -> None:
+        """Removes what a failed save of checkpoint `name` wrote; the state file never listed
+        it, so nothing would ever read or delete it."""
+        directory = self.manager.directory
+        if not self.is_chief:
+            disk.remove(directory)
+        elif tf.io.gfile.isdir(directory):
+            for entry in tf.io.gfile.listdir(directory):
+                if entry.rstrip("/").startswith((f"{name}.", f"{name}_temp", "checkpoint.tmp")):
+                    disk.remove(os.path.join(directory, entry))
