@@ -17,8 +17,9 @@ from trainer import distribute, optimizers
 from trainer.config import ConfigError, TrainConfig
 from trainer.optimizers.base import INITIAL_LOSS_SCALE
 from trainer.train_lib import train_and_evaluate
-from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, assert_same_tensors, checkpoint_path,
-                           checkpoint_tensors, command_line, finish, scalars, start_module)
+from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, Pause, assert_same_tensors, checkpoint_path,
+                           checkpoint_tensors, command_line, environment, finish, scalars,
+                           start_module)
 
 # As tests/test_train.py's TINY: 100 steps an epoch on two logical CPU replicas.
 TINY = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
@@ -212,21 +213,21 @@ FLOAT16 = dataclasses.replace(TINY, steps_per_loop=5, checkpoint_every_steps=25,
 def test_a_float16_run_killed_and_resumed_ends_bit_for_bit_as_if_never_killed(tmp_path):
     """The loss scale and its counter are in the checkpoint, so the resumed run scales (and
     skips) exactly as the uninterrupted one."""
-    def start(run_name):
+    def start(run_name, **options):
         return start_module("trainer.train", *command_line(FLOAT16), f"--logdir={tmp_path}",
-                            f"--run_name={run_name}", stderr=subprocess.STDOUT)
+                            f"--run_name={run_name}", stderr=subprocess.STDOUT, **options)
 
-    uninterrupted, killed = start("uninterrupted"), start("killed")
-    for line in killed.stdout:
-        if re.search(r"saved .*ckpt-50$", line.strip()):
-            killed.send_signal(signal.SIGKILL)
-            break
+    pause = Pause(tmp_path / "pause", 50)  # Killed while held after saving ckpt-50.
+    uninterrupted = start("uninterrupted")
+    killed = start("killed", env={**environment(), **pause.env()})
+    pause.wait(killed)
+    killed.send_signal(signal.SIGKILL)
     assert finish(killed).returncode == -signal.SIGKILL
     done = finish(uninterrupted)
     assert done.returncode == 0, done.stdout[-3000:]
     resumed = finish(start("killed"))
     assert resumed.returncode == 0, resumed.stdout[-3000:]
-    assert 50 <= int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1)) < 200
+    assert int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1)) == 50
     want, got = (checkpoint_tensors(checkpoint_path(tmp_path / run_name, 200),
                                     WEIGHTS_AND_OPTIMIZER)
                  for run_name in ("uninterrupted", "killed"))
