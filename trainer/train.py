@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from data.mnist import DataError
 from trainer.checkpointing import CheckpointError
 from trainer.config import ConfigError
+from trainer.disk import DiskFullError
 from trainer.distribute import StrategyError
 from trainer.exiting import exit_promptly
 from trainer import flags as trainer_flags
@@ -37,7 +38,7 @@ def main(argv):
     try:
         result = train_and_evaluate(trainer_flags.config_from_flags(FLAGS).validate())
     except (ConfigError, StrategyError, DataError, CheckpointError, DivergenceError,
-            RunInUse) as e:
+            DiskFullError, RunInUse) as e:
         # One line naming the flag, file or step; non-zero exit; nothing written over.
         sys.exit(f"trainer.train: error: {e}")
     except RunFinished as e:
