@@ -5,6 +5,7 @@ import os
 import tensorflow as tf
 
 from data.mnist import IMAGE_SHAPE, NUM_PIXELS, to_features
+from trainer import disk
 
 
 class Classifier(tf.Module):
@@ -32,19 +33,21 @@ def export(model: tf.Module, directory: str) -> str:
 
     The SavedModel is written beside it, into `.<name>.partial`, and renamed into place once
     complete: a job killed mid-export leaves no half export under the final name, only a
-    partial one that the next export replaces.
+    partial one that the next export replaces. On a full disk the partial one is removed and
+    DiskFullError raised.
     """
     directory = os.fspath(directory)
     if tf.io.gfile.exists(directory):
         raise FileExistsError(f"{directory}: an export is already there; not overwriting it")
     parent, name = os.path.split(os.path.normpath(directory))
     partial = os.path.join(parent, f".{name}.partial")
-    if tf.io.gfile.exists(partial):  # Left by a job killed mid-export.
-        tf.io.gfile.rmtree(partial)
+    disk.remove(partial)  # Left by a job killed mid-export.
     classifier = Classifier(model)
-    tf.saved_model.save(classifier, partial, signatures={
-        "serving_default": classifier.classify_images,
-        "classify_pixels": classifier.classify_pixels,
-    })
+    with disk.writing(parent, f"exporting the SavedModel {name}",
+                      undo=lambda: disk.remove(partial)):
+        tf.saved_model.save(classifier, partial, signatures={
+            "serving_default": classifier.classify_images,
+            "classify_pixels": classifier.classify_pixels,
+        })
     tf.io.gfile.rename(partial, directory)
     return directory
