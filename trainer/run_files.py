@@ -5,12 +5,17 @@ flags.txt    the run's flags as an absl flagfile, headed by the git commit it ra
 data.json    the data the run started on: its source and fingerprint (trainer/run_data.py).
 result.json  written last, when the run has finished: its final scores. Sweeps read it to skip
              finished runs and to compare them.
+
+Each is written whole or not at all: into `<name>.tmp`, renamed into place once complete, and
+removed if the disk fills first (trainer/disk.py).
 """
 
 import dataclasses
 import json
 import os
 import subprocess
+
+from trainer import disk
 
 FLAGS_FILE = "flags.txt"
 DATA_FILE = "data.json"
@@ -35,10 +40,8 @@ def write_flags(run_dir: str, flagfile: str) -> str:
     path = os.path.join(run_dir, FLAGS_FILE)
     if os.path.exists(path):
         return path
-    with open(path, "w") as f:
-        f.write(f"# git commit {git_commit()}\n"
-                f"# rerun: python -m trainer.train --flagfile={path}\n{flagfile}")
-    return path
+    return _write_whole(path, f"# git commit {git_commit()}\n"
+                              f"# rerun: python -m trainer.train --flagfile={path}\n{flagfile}")
 
 
 def write_result(run_dir: str, result) -> str:
@@ -64,10 +67,17 @@ def read_data(run_dir: str) -> dict | None:
 
 
 def _write_json(path: str, content: dict) -> str:
-    """Atomically: a reader never sees half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(content, f, indent=2)
-    os.replace(path + ".tmp", path)
+    return _write_whole(path, json.dumps(content, indent=2))
+
+
+def _write_whole(path: str, text: str) -> str:
+    """Atomically: a reader never sees half a file, nor does a rerun after a full disk."""
+    partial = path + ".tmp"
+    with disk.writing(os.path.dirname(path), f"writing {os.path.basename(path)}",
+                      undo=lambda: disk.remove(partial)):
+        with open(partial, "w") as f:
+            f.write(text)
+    os.replace(partial, path)
     return path
 
 
