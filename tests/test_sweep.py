@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 from tensorboard import context
@@ -20,7 +19,7 @@ from tensorboard.plugins.hparams import list_session_groups
 from launch import sweep_lib
 from launch.sweep_lib import EXPERIMENT_SUFFIX, LOG_FILE, METRICS, SESSION_SUFFIX, plan_sweep
 from launch.trainer_args import LaunchError
-from tests.toolkit import command_line, finish, start_module
+from tests.toolkit import Pause, command_line, environment, finish, start_module
 from trainer.config import TrainConfig
 from trainer.run_files import FLAGS_FILE, RESULT_FILE
 
@@ -33,8 +32,10 @@ RUNS = ["optimizer=adam,learning_rate=0.001", "optimizer=adam,learning_rate=0.00
         "optimizer=momentum,learning_rate=0.001", "optimizer=momentum,learning_rate=0.003"]
 
 
-def start_sweep(sweep_dir, *args, trainer_args=TINY) -> subprocess.Popen:
-    return start_module("launch.sweep", f"--sweep_dir={sweep_dir}", *args, "--", *trainer_args)
+def start_sweep(sweep_dir, *args, trainer_args=TINY, env=None) -> subprocess.Popen:
+    """launch.sweep on `sweep_dir`; `env`: what to add to its environment."""
+    return start_module("launch.sweep", f"--sweep_dir={sweep_dir}", *args, "--", *trainer_args,
+                        env={**environment(), **(env or {})})
 
 
 def run_sweep(sweep_dir, *args, **kwargs) -> tuple[int, str, str]:
@@ -155,19 +156,19 @@ def test_a_run_refused_by_absl_reports_absls_error_not_its_pointer_to_help(tmp_p
 
 
 def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
-    # 1500 steps: still training well after the first epoch's checkpoint.
+    # 1500 steps; the trainer is held after the first epoch's checkpoint while the sweep is
+    # sent SIGTERM, which it passes on.
     longer = command_line(dataclasses.replace(TINY_CONFIG, batch_size=100, epochs=3))
     log = tmp_path / "seed=0" / LOG_FILE
-    process = start_sweep(tmp_path, "--grid=seed=0", trainer_args=longer)
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "ckpt-500" in log.read_text()):
-        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
-        time.sleep(0.2)
+    pause = Pause(tmp_path / "pause", 500)
+    process = start_sweep(tmp_path, "--grid=seed=0", trainer_args=longer, env=pause.env())
+    pause.wait(process)
     process.send_signal(signal.SIGTERM)
+    pause.release()
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stdout + stderr
     [[_, _, status]] = table_rows(stdout)
-    assert status.startswith("preempted: ") and "SIGTERM: stopped at step" in status
+    assert status.startswith("preempted: ") and "SIGTERM: stopped at step 500" in status
 
     code, stdout, stderr = run_sweep(tmp_path, "--grid=seed=0", trainer_args=longer)
     assert code == 0, stdout + stderr

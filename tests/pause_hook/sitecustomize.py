@@ -19,8 +19,11 @@ SETTINGS = os.environ.get("TRAINER_TEST_PAUSE")
 
 
 def _task_index() -> int:
-    """This worker's index in TF_CONFIG; 0 for a process of its own."""
-    return json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {}).get("index", 0)
+    """This worker's index: in TF_CONFIG, or as a Slurm task (the trainer's order too); 0 for a
+    process of its own."""
+    if os.environ.get("TF_CONFIG"):
+        return json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    return int(os.environ.get("SLURM_PROCID", 0))
 
 
 def _hold(directory: pathlib.Path, step: int) -> None:
