@@ -1,0 +1,181 @@
+"""A full disk, met by each writer of a run in turn: one line, nothing half-written, a rerun
+resumes from the checkpoint the line names.
+
+One run trains through the real command line on a tmpfs given a little more space at each
+attempt, as a user who frees some and reruns would. Each attempt fills it at the next writer
+(flags.txt, the events, a checkpoint, the export, result.json), at a write the run reaches
+whatever the machine's speed: its free space lies between what the run writes before that
+write and what it needs for that write too. The tmpfs is mounted in a mount namespace of its
+own (CI runs as root), held by a process that ends with the test, or with pytest if it is
+killed: nothing stays mounted.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import tensorflow as tf
+
+from data.mnist import NUM_CLASSES, NUM_PIXELS
+from models.mlp import MLP
+from tests.toolkit import command_line, run_module, summaries
+from trainer import disk
+from trainer.config import TrainConfig
+from trainer.export import export
+from trainer.run_files import RESULT_FILE
+from trainer.train_lib import CHECKPOINT_DIR
+
+# 100 steps an epoch on one device.
+TINY = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=2, data_source="bundled",
+                   run_name="run")
+ROOMY_KIB = 8192
+PAGE_KIB = 4  # tmpfs allocates whole pages.
+
+
+class SmallDisk:
+    """A tmpfs of `kib` KiB at `directory`, seen only by the programs run through it."""
+
+    def __init__(self, directory, kib: int):
+        self.directory = str(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        # The namespace lives as long as this `cat`, which ends when its stdin closes.
+        self._holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount -t tmpfs -o size="$1"k tmpfs "$2" && echo mounted && exec cat >/dev/null',
+             "sh", str(kib), self.directory],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self._holder.stdout.readline() != "mounted\n":
+            self.close()
+            pytest.fail(f"could not mount a tmpfs at {self.directory}")
+        self._enter = ("nsenter", f"--mount=/proc/{self._holder.pid}/ns/mnt", "--")
+
+    def path(self, *parts: str) -> str:
+        """A path on the disk as this process reaches it: through the holder's mounts."""
+        return os.path.join(f"/proc/{self._holder.pid}/root", self.directory.lstrip("/"),
+                            *parts)
+
+    def resize(self, kib: int) -> None:
+        subprocess.run([*self._enter, "mount", "-o", f"remount,size={kib}k", self.directory],
+                       check=True)
+
+    def used_kib(self) -> int:
+        stats = os.statvfs(self.path())
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize // 1024
+
+    def train(self, config: TrainConfig) -> subprocess.CompletedProcess:
+        config = dataclasses.replace(config, logdir=self.directory)
+        return run_module("trainer.train", *command_line(config), wrapper=self._enter)
+
+    def close(self) -> None:
+        self._holder.stdin.close()
+        self._holder.wait(timeout=30)
+
+
+def export_kib(tmp_path) -> int:
+    """What the run's export takes on a tmpfs, which gives each file whole pages: measured on
+    an export of the same model."""
+    directory = export(MLP(NUM_PIXELS, TINY.hidden_sizes, NUM_CLASSES), tmp_path / "export")
+    return sum(-(-os.path.getsize(os.path.join(parent, name)) // (PAGE_KIB * 1024)) * PAGE_KIB
+               for parent, _, files in os.walk(directory) for name in files)
+
+
+@dataclasses.dataclass
+class Attempt:
+    free_kib: int | None  # Free on the disk as it starts; None: a page and the export.
+    directory: str  # In the run directory: where its line says the disk filled.
+    writing: str
+    last_checkpoint: int | None  # The step its line says a rerun resumes from.
+
+
+# One run, each attempt resuming where the one before stopped, on a disk given a little more
+# space each time: each fills it at another writer. What each attempt writes before that
+# writer and with it, as measured here: the events of the first 100 steps take 340 KiB (the
+# train loop's graph 281 KiB of them), of 100 more 45 KiB; a checkpoint 312 KiB (with its
+# index and the state file); the export 132 KiB.
+ATTEMPTS = [
+    # Nothing: not flags.txt (data.json and result.json are written as it is).
+    Attempt(0, "", "writing flags.txt", None),
+    # flags.txt, data.json, the events' first page, run.lock: 16 KiB; not the graph as well.
+    Attempt(120, "", "writing TensorBoard events", None),
+    # Events and ckpt-100: 700 KiB; not ckpt-200 as well: 1,010 KiB.
+    Attempt(830, CHECKPOINT_DIR, "saving checkpoint ckpt-200", 100),
+    # Another events file (the graph again) and ckpt-200: 640 KiB; not the export too: 772.
+    Attempt(705, "export", "exporting the SavedModel 200", 200),
+    # The events of a rerun that trains nothing (a page) and the export; not result.json.
+    Attempt(None, "", "writing result.json", 200),
+]
+
+
+def expected_line(run_dir: str, attempt: Attempt) -> str:
+    if attempt.last_checkpoint is None:
+        then = ("no checkpoint was saved yet: free some space and rerun the same command to "
+                "start the run")
+    else:
+        then = (f"the last whole checkpoint is {run_dir}/{CHECKPOINT_DIR}/"
+                f"ckpt-{attempt.last_checkpoint}: free some space and rerun the same command "
+                "to resume from it")
+    where = os.path.normpath(os.path.join(run_dir, attempt.directory))
+    return (f"trainer.train: error: {where}: no space left on device while {attempt.writing} "
+            f"(removed what it had written); {then}")
+
+
+def assert_nothing_half_written(run_dir: str) -> None:
+    """No temporary or partial file; every events file reads to its end; every checkpoint is
+    listed and reads back."""
+    for parent, directories, files in os.walk(run_dir):
+        for name in directories + files:
+            assert not re.search(r"_temp$|\.partial$|\.tmp", name), os.path.join(parent, name)
+    summaries(run_dir)  # DataLossError on part of an event.
+    checkpoints = os.path.join(run_dir, CHECKPOINT_DIR)
+    if os.path.isdir(checkpoints):
+        listed = tf.train.get_checkpoint_state(checkpoints).all_model_checkpoint_paths
+        listed = {os.path.basename(path) for path in listed}
+        assert {name.split(".")[0] for name in os.listdir(checkpoints) if "ckpt-" in name} == listed
+        for name in listed:
+            tf.train.load_checkpoint(os.path.join(checkpoints, name))
+
+
+def resumed_from(output: str) -> int | None:
+    resumed = re.search(r"resumed from \S+ at step (\d+)", output)
+    return int(resumed.group(1)) if resumed else None
+
+
+def test_each_writer_on_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path):
+    small = SmallDisk(tmp_path / "disk", PAGE_KIB)
+    try:
+        with open(small.path("filler"), "wb") as f:  # Full from the start.
+            f.write(bytes(PAGE_KIB * 1024))
+        run_dir = os.path.join(small.directory, TINY.run_name)
+        a_page_and_the_export = PAGE_KIB + export_kib(tmp_path)
+        resumes_from = None
+        for attempt in ATTEMPTS:
+            free = attempt.free_kib
+            small.resize(small.used_kib() + (a_page_and_the_export if free is None else free))
+            failed = small.train(TINY)
+            assert failed.returncode == 1, failed.stderr[-3000:]
+            assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+            assert failed.stderr.splitlines()[-1] == expected_line(run_dir, attempt)
+            assert resumed_from(failed.stderr) == resumes_from  # The line before named it.
+            assert_nothing_half_written(small.path(TINY.run_name))
+            resumes_from = attempt.last_checkpoint
+
+        small.resize(ROOMY_KIB)
+        finished = small.train(TINY)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        assert resumed_from(finished.stderr) == resumes_from
+        with open(small.path(TINY.run_name, RESULT_FILE)) as f:
+            assert json.load(f)["steps"] == 200
+        assert_nothing_half_written(small.path(TINY.run_name))
+    finally:
+        small.close()
+
+
+def test_only_a_full_disk_is_a_full_disk():
+    """Out of memory is ResourceExhaustedError too; it is not reported as a full disk."""
+    full = tf.errors.ResourceExhaustedError(None, None, "ckpt-1; No space left on device")
+    out_of_memory = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    assert disk.is_full(full) and disk.is_full(OSError(28, "No space left on device"))
+    assert not disk.is_full(out_of_memory) and not disk.is_full(OSError(13, "Permission denied"))
