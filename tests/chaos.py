@@ -5,7 +5,7 @@
 
 Each job is run once uninterrupted, then again in another run directory where it is killed
 --kills times at random moments (SIGKILL or SIGTERM, a seeded random choice) and rerun after
-each kill with the same command, until a rerun finishes. Both jobs are --deterministic, so the
+each kill with the same command, until a rerun finishes. Every job is --deterministic, so the
 final checkpoints must hold bitwise the same weights, optimizer slots and step counter.
 
   replicas  python -m trainer.train --cpu_replicas=2 (MirroredStrategy on 2 CPU devices);
@@ -13,12 +13,16 @@ final checkpoints must hold bitwise the same weights, optimizer slots and step c
   workers   python -m launch.local --workers=2 (2 processes, MultiWorkerMirroredStrategy);
             SIGKILL kills the launcher and both workers at once (a lost node), SIGTERM goes to
             the launcher, which passes it on.
+  healing   python -m launch.local --workers=2 --max_restarts=<kills>, run once: the signal
+            goes to one of the workers, chosen at random, and the launcher restarts the job
+            itself, --kills times; the moment is counted from each attempt's chief's line.
 
 Prints a table of the kills and the verdict per job; exits 1 if any job ended with other
 weights, did not finish, or went on to finish after a signal (a lost SIGTERM). Not part of
 `make test`: it takes minutes.
 """
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -27,20 +31,22 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
 import trainer.terminal  # noqa: F401
 
+import psutil
 from absl import app, flags
 
+from launch.local_job import exit_code
+from tests.job_processes import Output, running, workers_of
 from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, assert_same_tensors, checkpoint_path,
                            checkpoint_tensors, command_line, start_module)
 from trainer.config import TrainConfig
 from trainer.tables import markdown_table
 
-JOBS = ("replicas", "workers")
+JOBS = ("replicas", "workers", "healing")
 flags.DEFINE_integer("kills", 10, "Kills of each job before it is let finish.", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seeds the moments and the signals.")
 flags.DEFINE_list("jobs", list(JOBS), f"Jobs to soak: {', '.join(JOBS)}.")
@@ -65,16 +71,36 @@ class Attempt:
     exit_code: int
 
 
-def start(job: str, logdir: str, run_name: str) -> subprocess.Popen:
+def start(job: str, logdir: str, run_name: str, kills: int = 0) -> subprocess.Popen:
     """The job's processes in a session of their own (one signal reaches them all), output
-    merged into one pipe."""
+    merged into one pipe; a healing job may restart itself `kills` times."""
     config = dataclasses.replace(CONFIG, logdir=logdir, run_name=run_name)
     if job == "replicas":
         args = ("trainer.train", "--strategy=mirrored", "--cpu_replicas=2",
                 *command_line(config))
     else:
-        args = ("launch.local", "--workers=2", "--", *command_line(config))
+        restarts = (f"--max_restarts={kills}",) if job == "healing" else ()
+        args = ("launch.local", "--workers=2", *restarts, "--", *command_line(config))
     return start_module(*args, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+# A run's start, after it has loaded TensorFlow and its data: the trainer's (a job's chief's).
+RUN_STARTED = r"(\[worker 0\] )?[^[].*run directory:"
+
+
+def kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL to every process group of the session `process` leads, the job's (launch.local
+    runs it in a group of its own) before the launcher's: all at once, as a lost node."""
+    groups = {os.getpgid(child.pid) for child in running(psutil.Process(process.pid).children(
+        recursive=True))}
+    for group in sorted(groups - {process.pid}) + [process.pid]:
+        with contextlib.suppress(ProcessLookupError):  # Ended meanwhile.
+            os.killpg(group, signal.SIGKILL)
+
+
+def resumed_from(output: str) -> int | None:
+    resumed = re.search(r"resumed from \S+ at step (\d+)", output)
+    return resumed and int(resumed.group(1))
 
 
 def run_once(job: str, logdir: str, run_name: str, kill: tuple[str, float] | None) -> tuple[
@@ -82,34 +108,50 @@ def run_once(job: str, logdir: str, run_name: str, kill: tuple[str, float] | Non
     """One run of the job; with `kill` (signal name, seconds), that signal that long after the
     run's `run directory:` line, unless the run ended first."""
     process = start(job, logdir, run_name)
-    lines, started = [], threading.Event()
-
-    def read():
-        for line in process.stdout:
-            lines.append(line)
-            if "run directory:" in line:
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    output = Output(process)
     sent = ""
     if kill:
         name, moment = kill
-        if started.wait(timeout=300) and process.poll() is None:
+        if output.wait_for(RUN_STARTED, timeout=300) and process.poll() is None:
             time.sleep(moment)
             if process.poll() is None:
                 sent = name
                 if name == "SIGKILL":
-                    os.killpg(process.pid, signal.SIGKILL)
+                    kill_session(process)
                 else:
                     process.send_signal(signal.SIGTERM)
     returncode = process.wait(timeout=600)
-    reader.join(timeout=60)
-    output = "".join(lines)
-    resumed = re.search(r"resumed from \S+ at step (\d+)", output)
-    exit_code = returncode if returncode >= 0 else 128 - returncode
-    return Attempt(sent, kill[1] if sent else None, resumed and int(resumed.group(1)),
-                   exit_code), output
+    text = output.text()
+    return Attempt(sent, kill[1] if sent else None, resumed_from(text),
+                   exit_code(returncode)), text
+
+
+def heal(logdir: str, kills: int, rng: random.Random) -> tuple[list[Attempt], str]:
+    """One healing job: after each attempt's start, a random worker gets a random signal at a
+    random moment, `kills` times, and the launcher restarts the job; the attempts (the exit
+    code of the worker that ended each, the launcher's for the last) and the job's output."""
+    process = start("healing", logdir, "healing_chaos", kills)
+    output = Output(process)
+    sent = []
+    for attempt in range(1, kills + 1):
+        name, moment = rng.choice(sorted(SIGNALS)), rng.uniform(0, FLAGS.max_moment)
+        if not output.wait_for(RUN_STARTED, count=attempt, timeout=300):
+            break  # The job ended.
+        time.sleep(moment)
+        try:
+            rng.choice(list(workers_of(process).values())).send_signal(SIGNALS[name])
+        except (IndexError, psutil.NoSuchProcess):  # All exited meanwhile.
+            break
+        sent.append((name, moment))
+        print(f"[healing] kill {attempt}: {name} {moment:.2f} s", file=sys.stderr, flush=True)
+    returncode = process.wait(timeout=900)
+    text = output.text()
+    # An attempt's output ends with the launcher's line on the worker that ended it.
+    segments = re.split(r"^\[launcher\] worker \d exited with code (-?\d+); restarting.*\n",
+                        text, flags=re.M)
+    codes = [exit_code(int(code)) for code in segments[1::2]] + [exit_code(returncode)]
+    return [Attempt(*(sent[i] if i < len(sent) else ("", None)), resumed_from(segment), code)
+            for i, (segment, code) in enumerate(zip(segments[::2], codes))], text
 
 
 def soak(job: str, logdir: str, kills: int, rng: random.Random) -> tuple[list[Attempt], str]:
@@ -119,6 +161,13 @@ def soak(job: str, logdir: str, kills: int, rng: random.Random) -> tuple[list[At
     if reference.exit_code:
         return [reference], f"FAILED: the uninterrupted run exited {reference.exit_code}:\n" + \
             output[-3000:]
+    if job == "healing":
+        attempts, output = heal(logdir, kills, rng)
+        if attempts[-1].exit_code:
+            return attempts, f"FAILED: exited {attempts[-1].exit_code}:\n{output[-3000:]}"
+        if sum(bool(attempt.signal) for attempt in attempts) > len(attempts) - 1:
+            return attempts, "FAILED: a signal was lost (a kill the job was not restarted after)"
+        return attempts, compare_final_checkpoints(logdir, job, final_step)
     attempts = []
     while len(attempts) < kills + 10:  # Room for runs that end before their kill.
         kill = None

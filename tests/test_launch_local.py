@@ -3,7 +3,6 @@ closed to everyone outside the job, or the job needs --allow_exposed_ports; SIGT
 reach every worker once and are never a reason to restart; a launcher that dies leaves nothing
 running; free ports for servers."""
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -12,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import psutil
@@ -22,6 +20,7 @@ import tensorflow as tf
 from launch import local
 from launch.ports import free_ports
 from launch.trainer_args import LaunchError, check_trainer_args
+from tests.job_processes import Output, kill_tree, running, tf_config, workers_of
 from tests.toolkit import (Pause, checkpoint_path, command_line, environment, finish,
                            start_module)
 from trainer import terminal
@@ -84,22 +83,6 @@ SMALL_JOB = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=1, warmup_epo
 # A user namespace that maps no one may make no namespace (EPERM), as where unprivileged user
 # namespaces are disabled; it leaves the network as it is.
 NO_NAMESPACES = ("unshare", "--user")
-
-
-def tf_config(process: psutil.Process) -> dict | None:
-    """The TF_CONFIG a process was started with, or None (none, or it has exited)."""
-    try:
-        return json.loads(process.environ().get("TF_CONFIG", "null"))
-    except psutil.Error:
-        return None
-
-
-def workers_of(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
-    """{index: process} of the workers a launch.local process has started, by the task their
-    TF_CONFIG names (the job's own process sits between, in its network namespace)."""
-    return {config["task"]["index"]: process
-            for process in psutil.Process(launcher.pid).children(recursive=True)
-            if (config := tf_config(process))}
 
 
 def listening_worker(launcher: subprocess.Popen, timeout: float = 180) -> tuple[int, int]:
@@ -197,44 +180,6 @@ def test_allow_exposed_ports_runs_the_job_open_and_sigterm_to_the_launcher_stops
 LONG_JOB = dataclasses.replace(SMALL_JOB, epochs=500, steps_per_loop=5, checkpoint_every_steps=25)
 
 
-class Output:
-    """A process's output, read line by line as it comes by a thread of its own, so that a
-    test can wait for a line the program reaches."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.lines: list[str] = []
-        self._process = process
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        for line in self._process.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, start: str, timeout: float = 120) -> None:
-        """Returns once a line starting with `start` has come."""
-        deadline = time.monotonic() + timeout
-        while not self._seen(start):
-            if self._process.poll() is not None:  # The rest of its output, then no more.
-                self._thread.join(timeout=60)
-                assert self._seen(start), f"ended before {start!r}:\n{self.tail()}"
-                return
-            assert time.monotonic() < deadline, f"no {start!r} in {timeout} s:\n{self.tail()}"
-            time.sleep(0.05)
-
-    def _seen(self, start: str) -> bool:
-        return any(line.startswith(start) for line in list(self.lines))
-
-    def text(self) -> str:
-        """All of it once the process has ended; so far, before."""
-        self._thread.join(timeout=0 if self._process.poll() is None else 60)
-        return "".join(self.lines)
-
-    def tail(self) -> str:
-        """The end of it, for a failing assertion's message."""
-        return self.text()[-3000:]
-
-
 @pytest.fixture
 def start_paused(tmp_path):
     """start_paused(*launcher_flags, **popen_options) starts a launch.local job of LONG_JOB, its
@@ -255,30 +200,8 @@ def start_paused(tmp_path):
         kill_tree(launcher)
 
 
-def kill_tree(launcher: subprocess.Popen) -> None:
-    """SIGKILL to a launcher still running and to every process under it."""
-    if launcher.poll() is None:
-        for process in psutil.Process(launcher.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        launcher.kill()
-    launcher.wait()
-
-
 def latest_step(tmp_path) -> int:
     return int(tf.train.latest_checkpoint(tmp_path / "job" / CHECKPOINT_DIR).rsplit("-", 1)[1])
-
-
-def running(processes: list[psutil.Process]) -> list[psutil.Process]:
-    """Those still running; a zombie (exited, not yet reaped) holds neither CPU nor files."""
-    alive = []
-    for process in processes:
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def test_a_launcher_killed_mid_run_leaves_no_process_of_its_job(start_paused, tmp_path):
@@ -317,7 +240,7 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_exits_130(send, start_p
     # The job in a process group of its own: each worker gets the launcher's SIGINT alone.
     assert os.getpgid(launcher.pid) not in {os.getpgid(p.pid) for p in job}
     SEND_CTRL_C[send](launcher.pid, signal.SIGINT)
-    output.wait_for("[launcher] Ctrl-C")  # Passed on to every worker.
+    assert output.wait_for(r"\[launcher\] Ctrl-C"), output.tail()  # Passed on to every worker.
     pause.release()
     assert launcher.wait(timeout=120) == 128 + signal.SIGINT, output.tail()
     text = output.text()
@@ -338,9 +261,9 @@ def test_a_second_ctrl_c_stops_every_worker_at_once(start_paused, tmp_path):
     pause.wait(launcher)
     job = psutil.Process(launcher.pid).children(recursive=True)
     launcher.send_signal(signal.SIGINT)
-    output.wait_for("[launcher] Ctrl-C (SIGINT)")
+    assert output.wait_for(r"\[launcher\] Ctrl-C \(SIGINT\)"), output.tail()
     launcher.send_signal(signal.SIGINT)
-    output.wait_for("[launcher] Ctrl-C again")
+    assert output.wait_for(r"\[launcher\] Ctrl-C again"), output.tail()
     pause.release()
     assert launcher.wait(timeout=60) == 128 + signal.SIGINT, output.tail()
     assert [line for line in output.lines if not line.startswith("[worker ")] == [

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from launch.local_job import restartable
-from tests.test_launch_local import Output, kill_tree, workers_of
+from tests.job_processes import Output, kill_tree, workers_of
 from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, Pause, assert_same_tensors, checkpoint_path,
                            checkpoint_tensors, command_line, environment, start_module)
 from trainer.config import TrainConfig
@@ -70,7 +70,7 @@ def test_a_killed_worker_gets_the_job_restarted_to_the_weights_of_one_never_kill
                               "--max_restarts=2", env={**environment(), **pause.env()})
     pause.wait(launcher)  # The chief has saved ckpt-50.
     workers_of(launcher)[1].kill()  # As the OOM killer would.
-    output.wait_for("[launcher] worker 1 exited")
+    assert output.wait_for(r"\[launcher\] worker 1 exited"), output.tail()
     pause.release()
     assert launcher.wait(timeout=300) == 0, output.tail()
     assert launcher_lines(output) == [
