@@ -224,6 +224,22 @@ def test_a_launcher_killed_mid_run_leaves_no_process_of_its_job(start_paused, tm
     assert not (tmp_path / "job" / RESULT_FILE).exists()
 
 
+def test_a_job_process_killed_takes_its_workers_with_it(start_paused):
+    # The chief is held and never let go: only the kernel's SIGKILL can end it.
+    launcher, pause = start_paused()
+    output = Output(launcher)
+    pause.wait(launcher)
+    [job] = psutil.Process(launcher.pid).children()
+    workers = job.children()
+    assert len(workers) == 2
+    job.kill()
+    assert launcher.wait(timeout=60) == 128 + signal.SIGKILL, output.tail()
+    deadline = time.monotonic() + 60
+    while running(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(workers)
+
+
 CTRL_C_LINE = ("[launcher] Ctrl-C (SIGINT): every worker checkpoints at its next step boundary "
                "and exits 130; Ctrl-C again stops them at once\n")
 # A terminal sends Ctrl-C's SIGINT to its foreground process group: the launcher's.
