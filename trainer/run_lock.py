@@ -17,6 +17,8 @@ import socket
 
 from absl import logging
 
+from trainer import disk
+
 LOCK_FILE = "run.lock"
 
 
@@ -28,7 +30,8 @@ class RunInUse(Exception):
 def hold(run_dir: str):
     """Holds `run_dir` for the `with` block; RunInUse if another process holds it."""
     path = os.path.join(run_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with disk.writing(run_dir, f"creating {LOCK_FILE}", undo=lambda: None):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
