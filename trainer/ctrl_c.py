@@ -25,6 +25,9 @@ class CtrlCCounter:
                  last_line: str | None = None):
         self.ends_at, self.answers = ends_at, answers
         self.last_line = last_line
+        # Ending at the first, this is the only answer: Python's own handler must not also
+        # raise KeyboardInterrupt, whose traceback would race this thread's line and exit.
+        self._sole_handler = ends_at == 1
 
     def _count(self) -> None:
         seen = 0
@@ -45,12 +48,16 @@ class CtrlCCounter:
             self._read, self._write = os.pipe()
             os.set_blocking(self._write, False)  # The C handler must never block on it.
             self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+            if self._sole_handler:  # A Python handler still, so the wakeup fd is written.
+                self._previous_handler = signal.signal(signal.SIGINT, lambda *_: None)
             self._thread = threading.Thread(target=self._count, daemon=True, name="ctrl-c")
             self._thread.start()
         return self
 
     def __exit__(self, *exc_info):
         if self._active:
+            if self._sole_handler:
+                signal.signal(signal.SIGINT, self._previous_handler)
             signal.set_wakeup_fd(self._previous_fd)
             os.close(self._write)
             self._thread.join()
