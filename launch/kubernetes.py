@@ -16,12 +16,11 @@ kubectl port-forward service/<name>-tensorboard 6006.
 
 import sys
 
-# Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
-# terminal shows of it.
-import trainer.terminal
-
 from absl import app, flags
 
+# Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
+# terminal shows of it.
+import trainer.common.terminal  # noqa: F401  # isort: split
 from launch.kubernetes_lib import ENGINES, TrainingJob, manifests, to_yaml
 from launch.trainer_args import LaunchError
 

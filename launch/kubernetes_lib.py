@@ -28,7 +28,7 @@ import re
 import yaml
 
 from launch.trainer_args import MULTI_WORKER_FLAG, LaunchError, check_trainer_args
-from trainer.preemption import PREEMPTED_EXIT_CODE
+from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 
 LOGDIR = "/mnt/runs"  # Where the shared volume is mounted in every pod.
 TENSORBOARD_PORT = 6006

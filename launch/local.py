@@ -30,7 +30,7 @@ import sys
 
 # Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
 # terminal shows of it.
-import trainer.terminal
+from trainer.common import terminal  # isort: split
 
 from absl import app, flags, logging
 
@@ -65,7 +65,7 @@ def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10
 
     Raises LaunchError before any worker starts if a trainer flag is not one or is set here,
     or if no private network can be made and `allow_exposed_ports` is False. `env` defaults to
-    the environment the user gave this launcher (trainer.terminal.user_environ): each worker
+    the environment the user gave this launcher (terminal.user_environ): each worker
     sets up its terminal from its own flags.
     """
     trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL,
@@ -73,7 +73,7 @@ def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10
     command = local_job.command(num_workers, trainer_args, grace_seconds, max_restarts)
     # A process group of its own: a terminal's Ctrl-C, sent to its foreground group, reaches
     # this process alone, and each worker gets the one SIGINT passed on.
-    options = dict(env=dict(trainer.terminal.user_environ() if env is None else env),
+    options = dict(env=dict(terminal.user_environ() if env is None else env),
                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                    text=True, bufsize=1, process_group=0)
     # SIGHUP (a closed terminal) ends this process as usual; the job is told (die_with_parent).

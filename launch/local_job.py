@@ -33,9 +33,10 @@ import time
 
 from launch.ports import free_ports
 
-# The trainer's exit code once preempted or when a peer of its job was lost (128 + SIGTERM,
-# trainer/preemption.py): the job can go on from its checkpoints.
-PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+# The trainer's exit code once preempted or when a peer of its job was lost: the job can go on
+# from its checkpoints.
+from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
+
 # What a launcher and its job take as a request to stop; SIGHUP: the launcher is gone.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # What each worker is sent for each, and what the job's output says of it.

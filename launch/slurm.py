@@ -16,7 +16,9 @@ import sys
 
 # Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
 # terminal shows of it.
-import trainer.terminal  # noqa: F401
+import trainer.common.terminal  # noqa: F401
+
+# isort: split
 
 from absl import app, flags
 

@@ -2,7 +2,7 @@
 
 One trainer per Slurm task (`srun` starts `--nodes` x `--tasks_per_node` of them), each
 `python -m trainer.train --strategy=multi_worker` finding the others from what srun tells it
-(trainer/distribute.py, slurm_cluster): rank 0 is the chief. GPUs are asked for per node with
+(trainer/distribution/slurm.py): rank 0 is the chief. GPUs are asked for per node with
 `--gres=gpu:N` and shared out equally among a node's tasks.
 
 Preemption: Slurm sends SIGTERM to the trainers `signal_seconds` before the time limit
@@ -14,17 +14,16 @@ FAILED, with no requeue.
 """
 
 import dataclasses
-import pathlib
 import re
 import shlex
 import subprocess
 import sys
 
 from launch.trainer_args import MULTI_WORKER_FLAG, LaunchError, check_trainer_args
-from trainer.preemption import PREEMPTED_EXIT_CODE
+from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
+from trainer.common.paths import REPOSITORY
 
 # The repository the trainers run from: this checkout, on a filesystem every node shares.
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # Trainer flags the script sets for every task, and where the user's setting belongs instead.
 SET_BY_SCRIPT = {"strategy": "launch.slurm (--strategy=multi_worker)"}
 # Slurm's most for --signal's seconds (a 16-bit field).
@@ -83,7 +82,7 @@ def batch_script(job: SlurmJob) -> str:
     job.validate()
     options = [f"--job-name={job.name}", f"--nodes={job.nodes}",
                f"--ntasks-per-node={job.tasks_per_node}",
-               f"--chdir={REPO}", f"--output={job.output}",
+               f"--chdir={REPOSITORY}", f"--output={job.output}",
                # Each attempt's output follows the previous one's instead of replacing it.
                "--open-mode=append",
                # SIGTERM to the trainers (the job's steps), so they checkpoint before the kill.
@@ -98,7 +97,7 @@ def batch_script(job: SlurmJob) -> str:
     if job.partition:
         options.append(f"--partition={job.partition}")
     trainer = [job.python, "-m", "trainer.train", MULTI_WORKER_FLAG, *job.trainer_args]
-    # --distribution=block: the rank order slurm_cluster derives the cluster from.
+    # --distribution=block: the rank order job_step_cluster derives the cluster from.
     # --wait: once one trainer has ended, the others get this long to end too, then are
     # stopped, rather than waiting on a dead peer. Not --kill-on-bad-exit: it kills the others
     # the moment one exits 143, before they have exited 143 themselves, and srun then says 137.

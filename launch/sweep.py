@@ -16,11 +16,10 @@ tab compares the runs: .venv/bin/tensorboard --logdir runs/sweep1.
 
 import sys
 
-# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.terminal
-
 from absl import app, flags
 
+# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+import trainer.common.terminal  # noqa: F401  # isort: split
 from launch.sweep_lib import exit_code, format_table, plan_sweep, run_sweep
 from launch.trainer_args import LaunchError
 

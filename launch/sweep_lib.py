@@ -26,13 +26,19 @@ from typing import NamedTuple
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from launch.trainer_args import (TRAINER_FLAGS, LaunchError, check_trainer_flag,
-                                  check_trainer_flag_names, trainer_config)
-import trainer.terminal
-from trainer import run_files
-from trainer.preemption import PREEMPTED_EXIT_CODE
-from trainer.tables import markdown_table
-from trainer.terminal import tensorboard_command
+from launch.trainer_args import (
+    TRAINER_FLAGS,
+    LaunchError,
+    check_trainer_flag,
+    check_trainer_flag_names,
+    trainer_config,
+)
+from trainer.common import terminal
+from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
+from trainer.common.paths import REPOSITORY
+from trainer.common.tables import markdown_table
+from trainer.common.terminal import tensorboard_command
+from trainer.run import files
 
 # Each run's trainer output, appended to on every attempt so a rerun never loses the last one.
 LOG_FILE = "train.log"
@@ -48,7 +54,6 @@ SET_BY_SWEEP = {"logdir": "--sweep_dir",
 
 FINISHED, SKIPPED, FAILED, PREEMPTED, NOT_STARTED = (
     "finished", "skipped (finished before)", "failed", "preempted", "not started")
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class GridValue(NamedTuple):
@@ -242,9 +247,9 @@ class _Launcher:
         self._lock = threading.Lock()  # Guards _running and the lines printed to `out`.
         self._running: set[subprocess.Popen] = set()
         # `-m trainer.train` must import from this repository whatever the working directory;
-        # each trainer sets up its terminal from its own flags (trainer.terminal.user_environ).
-        self._env = dict(trainer.terminal.user_environ(), PYTHONPATH=os.pathsep.join(
-            filter(None, [_REPO, os.environ.get("PYTHONPATH")])))
+        # each trainer sets up its terminal from its own flags (terminal.user_environ).
+        self._env = dict(terminal.user_environ(), PYTHONPATH=os.pathsep.join(
+            filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])))
 
     def stop(self, signum, frame) -> None:
         with self._lock:
@@ -261,7 +266,7 @@ class _Launcher:
 
     def run(self, run: SweepRun) -> RunReport:
         run_dir = self.sweep.run_dir(run)
-        result = run_files.read_result(run_dir)
+        result = files.read_result(run_dir)
         if result is not None:
             self.say(f"skipped  {run.name}: finished before, test accuracy "
                      f"{result['test_accuracy']:.4f}")
@@ -286,7 +291,7 @@ class _Launcher:
 
     def _report(self, run: SweepRun, exit_code: int, attempt_start: int) -> RunReport:
         run_dir = self.sweep.run_dir(run)
-        result = run_files.read_result(run_dir)
+        result = files.read_result(run_dir)
         if exit_code == 0 and result is not None:
             self.say(f"finished {run.name}: test accuracy {result['test_accuracy']:.4f}")
             return RunReport(run, FINISHED, result["test_accuracy"])

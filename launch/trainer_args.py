@@ -11,6 +11,7 @@ import re
 
 from absl import flags, logging
 
+from trainer.common.errors import OneLineError
 from trainer.config import ConfigError, TrainConfig
 from trainer.flags import config_from_flags, define_flags
 
@@ -23,7 +24,7 @@ TERMINAL_FLAGS = ("verbosity",)
 MULTI_WORKER_FLAG = "--strategy=multi_worker"
 
 
-class LaunchError(ValueError):
+class LaunchError(OneLineError):
     """A launcher setting that cannot work; the message names the flag."""
 
 

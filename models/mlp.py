@@ -4,7 +4,7 @@ The model knows nothing of devices or strategies: the trainer creates it under a
 scope, which is all it takes to mirror its variables.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

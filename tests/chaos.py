@@ -34,17 +34,25 @@ import tempfile
 import time
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.terminal  # noqa: F401
+import trainer.common.terminal  # noqa: F401
+
+# isort: split
 
 import psutil
 from absl import app, flags
 
 from launch.local_job import exit_code
 from tests.job_processes import Output, running, workers_of
-from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, assert_same_tensors, checkpoint_path,
-                           checkpoint_tensors, command_line, start_module)
+from tests.toolkit import (
+    WEIGHTS_AND_OPTIMIZER,
+    assert_same_tensors,
+    checkpoint_path,
+    checkpoint_tensors,
+    command_line,
+    start_module,
+)
+from trainer.common.tables import markdown_table
 from trainer.config import TrainConfig
-from trainer.tables import markdown_table
 
 JOBS = ("replicas", "workers", "healing")
 flags.DEFINE_integer("kills", 10, "Kills of each job before it is let finish.", lower_bound=0)

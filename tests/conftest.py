@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from trainer.distribute import split_cpu  # noqa: E402
+from trainer.distribution.strategies import split_cpu  # noqa: E402
 
 CPU_DEVICES = 2
 split_cpu(CPU_DEVICES)

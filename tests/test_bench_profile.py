@@ -6,15 +6,15 @@ import tempfile
 
 import pytest
 
-from trainer import distribute
 from trainer.bench import step_profile as bench_profile
 from trainer.bench.training import OurTrainer
 from trainer.config import TrainConfig
+from trainer.distribution import strategies
 
 
 @pytest.fixture(scope="module")
 def trainer():
-    return OurTrainer(distribute.create_strategy("one_device"),
+    return OurTrainer(strategies.create_strategy("one_device"),
                       dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000))
 
 

@@ -6,9 +6,10 @@ import itertools
 import pytest
 import tensorflow as tf
 
-from trainer import distribute, optimizers
+from trainer import optimizers
 from trainer.bench import training as bench_training
 from trainer.config import TrainConfig
+from trainer.distribution import strategies
 
 # 50 steps an epoch of a small model.
 SMALL = TrainConfig(hidden_sizes=(16,), batch_size=1000)
@@ -50,7 +51,7 @@ def test_time_to_accuracy_reports_a_target_missed_and_the_best_accuracy():
 
 def test_our_trainer_on_two_replicas_trains_an_epoch_of_whole_batches():
     # Calls of 20 steps, as the trainer runs them: 20 + 20 + 10 make the epoch's 50.
-    trainer = bench_training.OurTrainer(distribute.create_strategy("mirrored", 2),
+    trainer = bench_training.OurTrainer(strategies.create_strategy("mirrored", 2),
                                         dataclasses.replace(SMALL, steps_per_loop=20))
     assert trainer.replicas == 2
     assert trainer.steps_per_epoch == 50 and trainer.work == 50_000

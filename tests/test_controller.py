@@ -2,8 +2,8 @@
 
 import pytest
 
-from trainer import actions
-from trainer.controller import Action, Controller
+from trainer.loop import actions
+from trainer.loop.controller import Action, Controller
 
 
 class Recorder(Action):

@@ -10,8 +10,16 @@ import pytest
 from tests.toolkit import run_module, summaries
 from trainer.bench import convergence as bench_convergence
 from trainer.convergence import notebook
-from trainer.convergence.suite import (CONVERGED, EXCEEDED, EXPLODED, ConvergenceSuite,
-                                       LogdirError, SuiteSettings, format_table, run_and_report)
+from trainer.convergence.suite import (
+    CONVERGED,
+    EXCEEDED,
+    EXPLODED,
+    ConvergenceSuite,
+    LogdirError,
+    SuiteSettings,
+    format_table,
+    run_and_report,
+)
 
 OPTIMIZERS = ("gd", "momentum", "adam")
 

@@ -13,8 +13,9 @@ import tensorflow_datasets as tfds
 from data import build_mnist, mnist
 from launch.ports import free_ports
 from tests.toolkit import environment, run_module
-from trainer import distribute, run_data, run_files
 from trainer.config import TrainConfig
+from trainer.distribution import strategies
+from trainer.run import files, training_data
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +90,16 @@ def test_the_fingerprint_tells_the_sources_apart_and_not_two_loads(bundled, prep
 
 
 def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, bundled, prepared_tfds):
-    strategy = distribute.create_strategy("auto", 1)
-    run_files.write_data(str(tmp_path), run_data.record(bundled))
+    strategy = strategies.create_strategy("auto", 1)
+    files.write_data(str(tmp_path), training_data.record(bundled))
     # TFDS is prepared now, so auto would take it; the run goes on with what it began on.
     assert mnist.load("auto").source == "tfds"
-    resumed = run_data.load(TrainConfig(logdir=str(tmp_path)), strategy, str(tmp_path))
+    resumed = training_data.load(TrainConfig(logdir=str(tmp_path)), strategy, str(tmp_path))
     assert resumed.fingerprint == bundled.fingerprint
     with pytest.raises(mnist.DataError, match=(
             r"^--data_source=tfds: the run in \S+ trained on bundled MNIST \(fingerprint "
             rf"{bundled.fingerprint}\), this is tfds MNIST \(\w+\); resume on the data")):
-        run_data.load(TrainConfig(data_source="tfds"), strategy, str(tmp_path))
+        training_data.load(TrainConfig(data_source="tfds"), strategy, str(tmp_path))
 
 
 def test_tfds_without_network_fails_in_one_line_and_leaves_nothing(tmp_path):

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 
 from data import mnist
-from trainer import distribute, optimizers
+from trainer import optimizers
 from trainer.config import TrainConfig
-from trainer.train_state import build_train_state
+from trainer.distribution import strategies
+from trainer.step.state import build_train_state
 
 BATCH = 64
 CONFIG = TrainConfig(hidden_sizes=(32,), seed=3, learning_rate=1e-2, lr_schedule="constant",
@@ -46,7 +47,7 @@ def replica_copies(variable):
 
 @pytest.mark.parametrize("name", sorted(optimizers.OPTIMIZERS))
 def test_every_replica_copy_stays_identical_on_different_data(name, train_split):
-    strategy = distribute.create_strategy("mirrored", cpu_replicas=2)
+    strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
     model, optimizer, _ = run(strategy, name, train_split, steps=5)
     state = [optimizer.iterations, *[slot for slots in optimizer.slots for slot in slots]]
     assert len(state) == 1 + len(model.trainable_variables) * len(optimizer.slot_names)
@@ -67,15 +68,15 @@ class UpdateInReplicaContext(optimizers.GradientDescent):
 def test_the_copy_check_catches_updates_from_replica_context(train_split):
     # Without the base class's all-reduce and merge_call, the copies silently drift apart:
     # this is what the test above would catch.
-    strategy = distribute.create_strategy("mirrored", cpu_replicas=2)
+    strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
     model, _, _ = run(strategy, UpdateInReplicaContext(0.01), train_split, steps=3)
     first, second = replica_copies(model.trainable_variables[-1])
     assert not np.array_equal(first, second)
 
 
 def test_one_and_two_replicas_take_the_same_steps(train_split):
-    one, _, _ = run(distribute.create_strategy("one_device"), "adam", train_split, steps=10)
-    two, _, _ = run(distribute.create_strategy("mirrored", cpu_replicas=2), "adam",
+    one, _, _ = run(strategies.create_strategy("one_device"), "adam", train_split, steps=10)
+    two, _, _ = run(strategies.create_strategy("mirrored", cpu_replicas=2), "adam",
                     train_split, steps=10)
     assert len(one.trainable_variables) == len(two.trainable_variables) == 4
     for a, b in zip(one.trainable_variables, two.trainable_variables):
@@ -83,7 +84,7 @@ def test_one_and_two_replicas_take_the_same_steps(train_split):
 
 
 def test_the_train_loop_traces_once(train_split):
-    strategy = distribute.create_strategy("mirrored", cpu_replicas=2)
+    strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
     _, optimizer, loop = build(strategy, "momentum")
     iterator = iter(strategy.experimental_distribute_dataset(
         mnist.train_dataset(train_split, BATCH, seed=0)))
@@ -100,7 +101,7 @@ def test_the_train_loop_traces_once(train_split):
     ("one_device", 2, "OneDeviceStrategy"),
 ])
 def test_strategy_factory(name, replicas, expected):
-    strategy = distribute.create_strategy(name, replicas)
+    strategy = strategies.create_strategy(name, replicas)
     assert type(strategy).__name__ == expected
     if expected == "MirroredStrategy":
         assert strategy.num_replicas_in_sync == replicas
@@ -112,5 +113,5 @@ def test_strategy_factory(name, replicas, expected):
     ("mirrored", 4, "--cpu_replicas=4: TensorFlow already started with 2"),
 ])
 def test_strategy_factory_errors(name, replicas, error):
-    with pytest.raises(distribute.StrategyError, match=error):
-        distribute.create_strategy(name, replicas)
+    with pytest.raises(strategies.StrategyError, match=error):
+        strategies.create_strategy(name, replicas)

@@ -16,15 +16,24 @@ import pytest
 import tensorflow as tf
 
 from data import mnist
-from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, Pause, assert_same_tensors, checkpoint_path,
-                           checkpoint_tensors, command_line, environment, finish, start_module)
-from trainer import distribute
-from trainer.checkpointing import CheckpointError, RunCheckpoints
+from tests.toolkit import (
+    WEIGHTS_AND_OPTIMIZER,
+    Pause,
+    assert_same_tensors,
+    checkpoint_path,
+    checkpoint_tensors,
+    command_line,
+    environment,
+    finish,
+    start_module,
+)
+from trainer.common.exit_codes import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from trainer.config import TrainConfig
-from trainer.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
-from trainer.run_files import RESULT_FILE
-from trainer.train_lib import CHECKPOINT_DIR, DivergenceError, train_and_evaluate
-from trainer.train_state import build_train_state
+from trainer.distribution import strategies
+from trainer.recipe import CHECKPOINT_DIR, train_and_evaluate
+from trainer.run.checkpoints import CheckpointError, RunCheckpoints
+from trainer.run.files import RESULT_FILE
+from trainer.step.state import DivergenceError, build_train_state
 
 # Deterministic, on 2 logical CPU replicas, checkpointing often: 400 steps of a small model.
 CONFIG = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
@@ -244,7 +253,7 @@ def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
 def test_a_checkpoint_lacking_part_of_the_state_is_a_clear_error(tmp_path):
     # As one written before the trainer checkpointed its skipped windows: weights and optimizer.
     config = dataclasses.replace(SMALL, strategy="one_device", cpu_replicas=1)
-    state = build_train_state(distribute.create_strategy("one_device"), config, 1)
+    state = build_train_state(strategies.create_strategy("one_device"), config, 1)
     older = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer)
     tf.train.CheckpointManager(older, str(tmp_path), 1).save(checkpoint_number=7)
     with pytest.raises(CheckpointError, match=r"ckpt-7: lacks some of what this trainer "

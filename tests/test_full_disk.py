@@ -22,11 +22,11 @@ import tensorflow as tf
 from data.mnist import NUM_CLASSES, NUM_PIXELS
 from models.mlp import MLP
 from tests.toolkit import command_line, run_module, summaries
-from trainer import disk
 from trainer.config import TrainConfig
-from trainer.export import export
-from trainer.run_files import RESULT_FILE
-from trainer.train_lib import CHECKPOINT_DIR
+from trainer.recipe import CHECKPOINT_DIR
+from trainer.run import disk
+from trainer.run.export import export
+from trainer.run.files import RESULT_FILE
 
 # 100 steps an epoch on one device.
 TINY = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=2, data_source="bundled",

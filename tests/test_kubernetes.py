@@ -13,8 +13,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from launch.kubernetes_lib import (GRPC_PORT, KUBERNETES_VERSION, LOGDIR, TrainingJob, manifests,
-                                   to_yaml)
+from launch.kubernetes_lib import (
+    GRPC_PORT,
+    KUBERNETES_VERSION,
+    LOGDIR,
+    TrainingJob,
+    manifests,
+    to_yaml,
+)
 from launch.trainer_args import LaunchError
 from tests.toolkit import REPO, environment, run_module
 
@@ -61,7 +67,7 @@ def test_a_tfjob_of_a_chief_and_workers_sharing_the_claim():
     assert tfjob["apiVersion"] == "kubeflow.org/v1"
     replicas = trainer_containers(tfjob)
     assert {kind: count for kind, (count, _, _) in replicas.items()} == {"Chief": 1, "Worker": 3}
-    for count, spec, container in replicas.values():
+    for _, spec, container in replicas.values():
         assert spec["restartPolicy"] == "ExitCode"
         assert container["name"] == "tensorflow" and container["image"] == JOB.image
         assert container["command"] == TRAINER_COMMAND
@@ -131,8 +137,8 @@ def test_each_indexed_pod_runs_the_trainer_with_its_own_tf_config(index):
     documents = parsed(INDEXED)
     pod = documents["Job", "mlp-4x2"]["spec"]["template"]["spec"]
     [container] = pod["containers"]
-    show_tf_config = [sys.executable, "-c", "import json; from trainer.distribute import "
-                      "read_tf_config; print(json.dumps(read_tf_config()))"]
+    show_tf_config = [sys.executable, "-c", "import json; from trainer.distribution."
+                      "strategies import read_tf_config; print(json.dumps(read_tf_config()))"]
     env = {**environment(), **{var["name"]: var["value"] for var in container["env"]},
            "JOB_COMPLETION_INDEX": str(index)}  # Set by Kubernetes in every Indexed Job's pod.
     done = subprocess.run(container["command"] + show_tf_config, env=env, cwd=REPO,

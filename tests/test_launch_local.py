@@ -21,12 +21,11 @@ from launch import local
 from launch.ports import free_ports
 from launch.trainer_args import LaunchError, check_trainer_args
 from tests.job_processes import Output, kill_tree, running, tf_config, workers_of
-from tests.toolkit import (Pause, checkpoint_path, command_line, environment, finish,
-                           start_module)
-from trainer import terminal
+from tests.toolkit import Pause, checkpoint_path, command_line, environment, finish, start_module
+from trainer.common import terminal
 from trainer.config import TrainConfig
-from trainer.run_files import RESULT_FILE
-from trainer.train_lib import CHECKPOINT_DIR
+from trainer.recipe import CHECKPOINT_DIR
+from trainer.run.files import RESULT_FILE
 
 BAD_TRAINER_ARGS = [
     (["--epoch=2"], "trainer argument --epoch=2: --epoch is not a trainer flag"),

@@ -11,8 +11,16 @@ import pytest
 
 from launch.local_job import restartable
 from tests.job_processes import Output, kill_tree, workers_of
-from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, Pause, assert_same_tensors, checkpoint_path,
-                           checkpoint_tensors, command_line, environment, start_module)
+from tests.toolkit import (
+    WEIGHTS_AND_OPTIMIZER,
+    Pause,
+    assert_same_tensors,
+    checkpoint_path,
+    checkpoint_tensors,
+    command_line,
+    environment,
+    start_module,
+)
 from trainer.config import TrainConfig
 
 # Deterministic: 200 steps of a small model on 2 workers, a checkpoint every 50.

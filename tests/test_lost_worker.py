@@ -10,9 +10,9 @@ import signal
 
 from launch.ports import free_ports
 from tests.toolkit import Pause, command_line, environment, start_module
+from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 from trainer.config import TrainConfig
-from trainer.preemption import PREEMPTED_EXIT_CODE
-from trainer.run_files import RESULT_FILE
+from trainer.run.files import RESULT_FILE
 
 # 500 steps, a checkpoint every 50: worker 1 is killed after the first.
 CONFIG = TrainConfig(run_name="job", hidden_sizes=(32,), batch_size=100, epochs=1,

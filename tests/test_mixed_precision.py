@@ -13,13 +13,23 @@ import tensorflow as tf
 
 from data import mnist
 from models.mlp import MLP
-from trainer import distribute, optimizers
+from tests.toolkit import (
+    WEIGHTS_AND_OPTIMIZER,
+    Pause,
+    assert_same_tensors,
+    checkpoint_path,
+    checkpoint_tensors,
+    command_line,
+    environment,
+    finish,
+    scalars,
+    start_module,
+)
+from trainer import optimizers
 from trainer.config import ConfigError, TrainConfig
+from trainer.distribution import strategies
 from trainer.optimizers.base import INITIAL_LOSS_SCALE
-from trainer.train_lib import train_and_evaluate
-from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, Pause, assert_same_tensors, checkpoint_path,
-                           checkpoint_tensors, command_line, environment, finish, scalars,
-                           start_module)
+from trainer.recipe import train_and_evaluate
 
 # As tests/test_train.py's TINY: 100 steps an epoch on two logical CPU replicas.
 TINY = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
@@ -91,7 +101,7 @@ def test_the_scale_doubles_after_the_growth_interval_and_never_falls_below_one()
 
 
 def test_every_replica_skips_when_one_replica_overflows():
-    strategy = distribute.create_strategy("mirrored", cpu_replicas=2)
+    strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
     with strategy.scope():
         x = tf.Variable([1.0, 2.0])
         optimizer = optimizers.create("adam", 0.1, loss_scaling=True)

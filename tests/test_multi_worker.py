@@ -17,11 +17,20 @@ import tensorflow as tf
 
 from launch import local
 from launch.ports import free_ports
-from tests.toolkit import (REPO, Pause, assert_same_tensors, checkpoint_path,
-                           checkpoint_tensors, command_line, environment, finish, start_module)
+from tests.toolkit import (
+    REPO,
+    Pause,
+    assert_same_tensors,
+    checkpoint_path,
+    checkpoint_tensors,
+    command_line,
+    environment,
+    finish,
+    start_module,
+)
 from trainer.config import TrainConfig
-from trainer.run_files import RESULT_FILE
-from trainer.train_lib import CHECKPOINT_DIR, train_and_evaluate
+from trainer.recipe import CHECKPOINT_DIR, train_and_evaluate
+from trainer.run.files import RESULT_FILE
 
 # 200 steps of a small model, as one job of 2 workers or one process on 2 replicas.
 CONFIG = TrainConfig(hidden_sizes=(64,), batch_size=500, epochs=2, warmup_epochs=0.0,

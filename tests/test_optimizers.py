@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.optimizers import (OPTIMIZERS, Adam, GradientDescent, Momentum, create,
-                                learning_rate_schedule)
+from trainer.optimizers import (
+    OPTIMIZERS,
+    Adam,
+    GradientDescent,
+    Momentum,
+    create,
+    learning_rate_schedule,
+)
 
 GRADS = [np.array([0.5, -1.0], np.float32), np.array([-0.25, 2.0], np.float32)]
 

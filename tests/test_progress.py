@@ -2,7 +2,7 @@
 
 import io
 
-from trainer.progress import Progress
+from trainer.reporting.progress import Progress
 
 TRAIN = {"loss": 0.25, "accuracy": 0.9}
 VALIDATION = {"loss": 0.3, "accuracy": 0.875}

@@ -18,11 +18,17 @@ import time
 
 import tensorflow as tf
 
-from tests.toolkit import (WEIGHTS_AND_OPTIMIZER, Pause, checkpoint_tensors, command_line,
-                           environment, start_module)
+from tests.toolkit import (
+    WEIGHTS_AND_OPTIMIZER,
+    Pause,
+    checkpoint_tensors,
+    command_line,
+    environment,
+    start_module,
+)
+from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 from trainer.config import TrainConfig
-from trainer.preemption import PREEMPTED_EXIT_CODE
-from trainer.train_lib import CHECKPOINT_DIR
+from trainer.recipe import CHECKPOINT_DIR
 
 # 100 steps an epoch, 10 a compiled call; a checkpoint every 70 steps gives one at step 1190,
 # ten steps before an epoch ends.

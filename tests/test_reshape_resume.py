@@ -15,12 +15,20 @@ import tensorflow as tf
 
 from data import mnist
 from launch import local
-from tests.toolkit import (Pause, assert_same_tensors, checkpoint_path, checkpoint_tensors,
-                           command_line, environment, finish, start_module)
-from trainer import distribute
+from tests.toolkit import (
+    Pause,
+    assert_same_tensors,
+    checkpoint_path,
+    checkpoint_tensors,
+    command_line,
+    environment,
+    finish,
+    start_module,
+)
 from trainer.config import TrainConfig
-from trainer.inputs import Inputs
-from trainer.train_lib import train_and_evaluate
+from trainer.distribution import strategies
+from trainer.recipe import train_and_evaluate
+from trainer.step.inputs import Inputs
 
 # 100 steps an epoch, 3 epochs; checkpoints every 50 steps, where the shape changes.
 CONFIG = TrainConfig(hidden_sizes=(64,), batch_size=500, epochs=3, warmup_epochs=0.0,
@@ -104,8 +112,8 @@ def test_every_example_is_seen_once_an_epoch_across_a_change_of_shape():
     everything = collections.Counter(hashlib.sha256(row.tobytes()).digest() for row in
                                      mnist.to_features(data.train.images).numpy())
     assert len(data.train) == STEPS_PER_EPOCH * CONFIG.batch_size  # No ragged batch dropped.
-    two_replicas = distribute.create_strategy("mirrored", 2)
-    one_device = distribute.create_strategy("one_device")
+    two_replicas = strategies.create_strategy("mirrored", 2)
+    one_device = strategies.create_strategy("one_device")
     for before, after, change in [(two_replicas, one_device, 150),
                                   (one_device, two_replicas, 130)]:
         epoch = change // STEPS_PER_EPOCH * STEPS_PER_EPOCH

@@ -13,8 +13,8 @@ import subprocess
 
 from launch import local
 from tests.toolkit import Pause, command_line, environment, finish, start_module
-from trainer import run_lock
 from trainer.config import TrainConfig
+from trainer.run import lock
 
 CONFIG = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=2, warmup_epochs=0.0,
                      steps_per_loop=10, checkpoint_every_steps=50, data_source="bundled",
@@ -60,7 +60,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     pause.wait(first)
     first.send_signal(signal.SIGKILL)
     finish(first)
-    assert (tmp_path / "runs" / "run" / run_lock.LOCK_FILE).exists()  # The file stays...
+    assert (tmp_path / "runs" / "run" / lock.LOCK_FILE).exists()  # The file stays...
     rerun = finish(start(tmp_path / "runs"))
     assert rerun.returncode == 0, rerun.stderr[-3000:]  # ...its lock went with its holder.
     assert re.search(r"resumed from \S+ckpt-50 at step 50", rerun.stderr), rerun.stderr[-3000:]
@@ -71,7 +71,7 @@ def test_every_worker_of_a_second_job_stops_in_one_line(tmp_path):
     run_dir = tmp_path / config.run_name
     run_dir.mkdir()
     output = io.StringIO()
-    with run_lock.hold(str(run_dir)):  # This process is the trainer already there.
+    with lock.hold(str(run_dir)):  # This process is the trainer already there.
         code = local.run_job(2, command_line(config), sink=output, env=environment())
     assert code == 1, output.getvalue()[-3000:]
     text = output.getvalue()
@@ -79,7 +79,7 @@ def test_every_worker_of_a_second_job_stops_in_one_line(tmp_path):
                      rf"trainer \(pid {os.getpid()} ", text), text[-3000:]
     assert re.search(rf"\[worker 1\] trainer\.train: error: {run_dir} is in use by another "
                      r"trainer \(the chief's error names it\)", text), text[-3000:]
-    assert sorted(p.name for p in run_dir.iterdir()) == [run_lock.LOCK_FILE]
+    assert sorted(p.name for p in run_dir.iterdir()) == [lock.LOCK_FILE]
 
 
 def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch,
@@ -87,9 +87,9 @@ def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monk
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
-    with run_lock.hold(str(tmp_path)):
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    with lock.hold(str(tmp_path)):
         pass
     assert [r.getMessage() for r in caplog.records] == [
-        f"cannot lock {tmp_path / run_lock.LOCK_FILE} ({os.strerror(errno.ENOLCK)}): a second "
+        f"cannot lock {tmp_path / lock.LOCK_FILE} ({os.strerror(errno.ENOLCK)}): a second "
         "trainer on this run directory would not be refused"]

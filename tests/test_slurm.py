@@ -15,10 +15,11 @@ import pytest
 
 from tests.slurm_cluster import SlurmCluster
 from tests.toolkit import Pause, command_line, environment, finish, start_module
-from trainer import distribute
 from trainer.config import TrainConfig
-from trainer.run_files import RESULT_FILE
-from trainer.train_lib import CHECKPOINT_DIR, EXPORT_DIR
+from trainer.distribution import slurm as slurm_step
+from trainer.distribution import strategies
+from trainer.recipe import CHECKPOINT_DIR, EXPORT_DIR
+from trainer.run.files import RESULT_FILE
 
 # 200 steps of a small model on 2 workers, as in test_multi_worker.
 CONFIG = TrainConfig(hidden_sizes=(64,), batch_size=500, epochs=2, warmup_epochs=0.0,
@@ -147,28 +148,28 @@ def test_every_task_derives_the_same_cluster_in_slurms_node_order(slurm):
     # 2 nodes of 2 tasks; node9 comes before node10 as Slurm orders them, not as strings sort.
     step = {**slurm.env, "SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[9-10]",
             "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
-    base = distribute.slurm_port_base(77)
+    base = slurm_step.port_base(77)
     want = [f"node9:{base}", f"node9:{base + 1}", f"node10:{base}", f"node10:{base + 1}"]
     for rank, (node, local) in enumerate([("node9", 0), ("node9", 1), ("node10", 0),
                                           ("node10", 1)]):
-        resolver = distribute.slurm_cluster({**step, "SLURM_PROCID": str(rank),
+        resolver = slurm_step.job_step_cluster({**step, "SLURM_PROCID": str(rank),
                                              "SLURM_LOCALID": str(local),
                                              "SLURMD_NODENAME": node})
         assert resolver.cluster_spec().as_dict() == {"worker": want}
         assert (resolver.task_type, resolver.task_id) == ("worker", rank)
         assert resolver.num_accelerators() == {"GPU": 0}
     # A cyclic distribution puts rank 1 on node10: refused rather than a hang.
-    with pytest.raises(distribute.StrategyError, match="srun --distribution=block"):
-        distribute.slurm_cluster({**step, "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
+    with pytest.raises(strategies.StrategyError, match="srun --distribution=block"):
+        slurm_step.job_step_cluster({**step, "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
                                   "SLURMD_NODENAME": "node10"})
     # Jobs next to each other on a node listen on different ports.
-    assert distribute.slurm_port_base(78) - base == distribute.SLURM_PORTS_PER_BLOCK
+    assert slurm_step.port_base(78) - base == slurm_step.PORTS_PER_BLOCK
 
 
 def test_a_nodes_gpus_are_shared_out_among_its_tasks(slurm):
     step = {**slurm.env, "SLURM_JOB_ID": "5", "SLURM_STEP_NODELIST": "gpu1",
             "SLURM_STEP_TASKS_PER_NODE": "2", "SLURMD_NODENAME": "gpu1", "SLURM_PROCID": "1",
             "SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
-    resolver = distribute.slurm_cluster(step)
+    resolver = slurm_step.job_step_cluster(step)
     assert resolver.num_accelerators() == {"GPU": 2}
     assert step["CUDA_VISIBLE_DEVICES"] == "2,3"

@@ -13,15 +13,19 @@ import pytest
 from tensorboard import context
 from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 from tensorboard.plugins import base_plugin
-from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
-from tensorboard.plugins.hparams import list_session_groups
+from tensorboard.plugins.hparams import (
+    api_pb2,
+    backend_context,
+    get_experiment,
+    list_session_groups,
+)
 
 from launch import sweep_lib
 from launch.sweep_lib import EXPERIMENT_SUFFIX, LOG_FILE, METRICS, SESSION_SUFFIX, plan_sweep
 from launch.trainer_args import LaunchError
 from tests.toolkit import Pause, command_line, environment, finish, start_module
 from trainer.config import TrainConfig
-from trainer.run_files import FLAGS_FILE, RESULT_FILE
+from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
 # 50 steps of a small model: a few seconds a run, most of it TensorFlow's start-up.
 TINY_CONFIG = TrainConfig(hidden_sizes=(32,), batch_size=1000, epochs=1, data_source="bundled",

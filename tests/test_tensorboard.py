@@ -13,7 +13,7 @@ from launch.ports import free_ports
 from tests.toolkit import start_module
 from trainer.config import TrainConfig
 from trainer.convergence.suite import SuiteSettings, run_and_report
-from trainer.train_lib import train_and_evaluate
+from trainer.recipe import train_and_evaluate
 
 TRAIN = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(32,), batch_size=1000,
                     epochs=1, warmup_epochs=0.0, steps_per_loop=10, profile_steps=(10, 20),

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from tests.toolkit import REPO, environment, finish, start_module
-from trainer import terminal
 from trainer.bench import training as bench_training
+from trainer.common import terminal
 
 TINY_RUN = ["--hidden_sizes=16", "--batch_size=1000", "--epochs=1", "--warmup_epochs=0",
             "--data_source=bundled"]
@@ -155,7 +155,7 @@ def _assert_ended_by_ctrl_c(module: str, process) -> None:
 
 def test_a_ctrl_c_nothing_caught_is_one_line_not_a_traceback():
     # As while an entry point loads TensorFlow, before it has anything to stop.
-    done = subprocess.run([sys.executable, "-c", "import trainer.terminal\n"
+    done = subprocess.run([sys.executable, "-c", "import trainer.common.terminal\n"
                            "raise KeyboardInterrupt"], cwd=REPO, env=environment(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGINT  # As a shell expects of a program it interrupted.

@@ -11,11 +11,18 @@ import tensorflow as tf
 
 from data import mnist
 from models.mlp import MLP
-from tests.toolkit import (assert_same_tensors, checkpoint_path, checkpoint_tensors,
-                           command_line, run_module, scalars, summaries)
+from tests.toolkit import (
+    assert_same_tensors,
+    checkpoint_path,
+    checkpoint_tensors,
+    command_line,
+    run_module,
+    scalars,
+    summaries,
+)
 from trainer.config import ConfigError, TrainConfig
-from trainer.run_files import FLAGS_FILE, RESULT_FILE
-from trainer.train_lib import CHECKPOINT_DIR, train_and_evaluate
+from trainer.recipe import CHECKPOINT_DIR, train_and_evaluate
+from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
 # 100 steps an epoch on two logical CPU replicas: seconds, yet real training.
 TINY = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
@@ -184,7 +191,7 @@ def test_periodic_work_lands_on_exactly_the_steps_asked_for(tmp_path):
 
 def test_an_export_cut_short_leaves_nothing_under_its_name_and_the_next_one_completes(
         tmp_path, monkeypatch):
-    from trainer import export as export_module
+    from trainer.run import export as export_module
     model = MLP(mnist.NUM_PIXELS, [8], mnist.NUM_CLASSES)
     final = tmp_path / "export" / "100"
     real_save = tf.saved_model.save

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.config import TrainConfig
-from trainer.train_lib import CHECKPOINT_DIR
+from trainer.recipe import CHECKPOINT_DIR
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ import os
 import re
 
 from data.mnist import SOURCES
-from trainer.distribute import STRATEGIES
+from trainer.common.errors import OneLineError
+from trainer.distribution.strategies import STRATEGIES
 from trainer.optimizers import OPTIMIZERS, SCHEDULES
 
 # Keras's policy names. Mixed: float32 variables and optimizer state, compute in the other dtype.
@@ -25,7 +26,7 @@ RESULT_FIELDS = ("optimizer", "learning_rate", "lr_schedule", "warmup_epochs", "
                  "epochs", "hidden_sizes", "seed", "precision")
 
 
-class ConfigError(ValueError):
+class ConfigError(OneLineError):
     """A setting that cannot work; the message names the flag and what is wrong with it."""
 
 

@@ -11,7 +11,7 @@ from absl import flags, logging
 
 from data.mnist import SOURCES
 from trainer.config import PRECISIONS, ConfigError, TrainConfig
-from trainer.distribute import STRATEGIES
+from trainer.distribution.strategies import STRATEGIES
 from trainer.optimizers import OPTIMIZERS, SCHEDULES
 
 _DEFAULTS = TrainConfig()

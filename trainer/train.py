@@ -11,21 +11,18 @@ the latest checkpoint there.
 import sys
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.terminal
+from trainer.common import terminal  # isort: split
 
 import tensorflow as tf
 from absl import app, flags, logging
 
 from data.mnist import DataError
-from trainer.checkpointing import CheckpointError
-from trainer.config import ConfigError
-from trainer.disk import DiskFullError
-from trainer.distribute import StrategyError
-from trainer.exiting import exit_promptly
 from trainer import flags as trainer_flags
-from trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
-from trainer.run_lock import RunInUse
-from trainer.train_lib import DivergenceError, RunFinished, train_and_evaluate
+from trainer.common.errors import OneLineError
+from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
+from trainer.loop.exiting import exit_promptly
+from trainer.loop.preemption import Preempted
+from trainer.recipe import RunFinished, train_and_evaluate
 
 FLAGS = flags.FLAGS
 trainer_flags.define_flags(FLAGS)
@@ -34,11 +31,10 @@ flags.adopt_module_key_flags(trainer_flags)
 
 
 def main(argv):
-    trainer.terminal.refuse_arguments(argv, "trainer.train")
+    terminal.refuse_arguments(argv, "trainer.train")
     try:
         result = train_and_evaluate(trainer_flags.config_from_flags(FLAGS).validate())
-    except (ConfigError, StrategyError, DataError, CheckpointError, DivergenceError,
-            DiskFullError, RunInUse) as e:
+    except (OneLineError, DataError) as e:  # data/ stands alone, below the trainer.
         # One line naming the flag, file or step; non-zero exit; nothing written over.
         sys.exit(f"trainer.train: error: {e}")
     except RunFinished as e:

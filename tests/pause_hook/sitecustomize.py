@@ -69,10 +69,10 @@ def _patch(module) -> None:
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches trainer.checkpointing once it is imported, so TensorFlow loads when it would."""
+    """Patches trainer.run.checkpoints once it is imported, so TensorFlow loads when it would."""
 
     def find_spec(self, name, path, target=None):
-        if name != "trainer.checkpointing":
+        if name != "trainer.run.checkpoints":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

@@ -15,16 +15,17 @@ import os
 import time
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.terminal
+from trainer.common import terminal  # isort: split
 
 from absl import app, flags, logging
 
-from trainer import ctrl_c, distribute
 from trainer.bench import convergence as bench_convergence
 from trainer.bench import precision as bench_precision
 from trainer.bench import step_profile
 from trainer.bench import training as bench_training
-from trainer.tables import markdown_table
+from trainer.common import ctrl_c
+from trainer.common.tables import markdown_table
+from trainer.distribution import strategies
 
 SECTIONS = {
     "convergence": bench_convergence.run,
@@ -56,9 +57,9 @@ def _format(value) -> str:
 
 
 def main(argv):
-    trainer.terminal.refuse_arguments(argv, "trainer.bench")
+    terminal.refuse_arguments(argv, "trainer.bench")
     # Before any TensorFlow work: the distribution section's replicas are logical CPUs.
-    distribute.split_cpu(bench_training.CPU_REPLICAS)
+    strategies.split_cpu(bench_training.CPU_REPLICAS)
     measurements = {}
     with ctrl_c.ends_at_once():  # Even inside a long compiled measurement.
         for index, name in enumerate(FLAGS.sections, 1):

@@ -24,13 +24,23 @@ import tensorflow as tf
 from absl import logging
 
 from data import mnist
-from trainer import distribute
-from trainer.bench.training import (BATCH_SIZES, CPU_REPLICAS, KERAS_STEPS_PER_EXECUTION,
-                                    ROUNDS, TARGET_ACCURACY, KerasTrainer, MatmulChain,
-                                    OurTrainer, bench_config, cached_trainer,
-                                    flops_per_example, measure)
+from trainer.bench.training import (
+    BATCH_SIZES,
+    CPU_REPLICAS,
+    KERAS_STEPS_PER_EXECUTION,
+    ROUNDS,
+    TARGET_ACCURACY,
+    KerasTrainer,
+    MatmulChain,
+    OurTrainer,
+    bench_config,
+    cached_trainer,
+    flops_per_example,
+    measure,
+)
 from trainer.config import PRECISIONS, TrainConfig
-from trainer.train_state import COMPUTE_DTYPES
+from trainer.distribution import strategies
+from trainer.step.state import COMPUTE_DTYPES
 
 KERAS_PRECISIONS = ("float32", "mixed_bfloat16")
 # The goals of issue 11, reported beside the measurements (never tuned for).
@@ -72,7 +82,7 @@ def throughput() -> dict:
 
 def ceiling() -> dict:
     batch_size = BATCH_SIZES[-1]
-    device = distribute.create_strategy("one_device").extended.worker_devices[0]
+    device = strategies.create_strategy("one_device").extended.worker_devices[0]
     results = {}
     for precision in PRECISIONS:
         dtype = COMPUTE_DTYPES[precision]
@@ -94,7 +104,7 @@ def accuracy(config: TrainConfig = TrainConfig()) -> dict:
     the epochs and training seconds until TARGET_ACCURACY."""
     target = f"{TARGET_ACCURACY:.1%}"
     results = {}
-    strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
+    strategy = strategies.create_strategy(config.strategy, config.cpu_replicas)
     for precision in PRECISIONS:
         trainer = OurTrainer(strategy, dataclasses.replace(config, precision=precision))
         seconds, best, reached = 0.0, 0.0, None
@@ -126,7 +136,7 @@ def allreduce(steps: int = 200) -> dict:
     to the dtype), so nothing is folded away; that making is in both figures alike.
     """
     cpu_replicas = 1 if tf.config.list_physical_devices("GPU") else CPU_REPLICAS
-    strategy = distribute.create_strategy("mirrored", cpu_replicas)
+    strategy = strategies.create_strategy("mirrored", cpu_replicas)
     sizes = [mnist.NUM_PIXELS, *TrainConfig().hidden_sizes, mnist.NUM_CLASSES]
     shapes = [shape for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
               for shape in ((fan_in, fan_out), (fan_out,))]

@@ -39,11 +39,12 @@ from absl import logging
 
 from data import mnist
 from models.mlp import MLP
-from trainer import distribute, optimizers
+from trainer import optimizers
 from trainer.config import TrainConfig
-from trainer.inputs import Inputs
-from trainer.steps import per_example_loss
-from trainer.train_state import build_train_state, learning_rate_schedule
+from trainer.distribution import strategies
+from trainer.step.inputs import Inputs
+from trainer.step.state import build_train_state, learning_rate_schedule
+from trainer.step.steps import per_example_loss
 
 BATCH_SIZES = (128, 1024)
 KERAS_STEPS_PER_EXECUTION = (1, 10, 50, 200)  # 1 is Keras's default.
@@ -267,7 +268,7 @@ def bench_config(batch_size: int, **settings) -> TrainConfig:
 def cached_trainer(strategy_name: str, cpu_replicas: int, batch_size: int,
                    precision: str = "float32", jit_compile: bool = False) -> OurTrainer:
     # Shared by the sections: one trace per configuration in the whole bench.
-    return OurTrainer(distribute.create_strategy(strategy_name, cpu_replicas),
+    return OurTrainer(strategies.create_strategy(strategy_name, cpu_replicas),
                       bench_config(batch_size, precision=precision, jit_compile=jit_compile))
 
 
@@ -318,7 +319,7 @@ def ceiling() -> dict:
     """Our MLP's FLOP rate at the largest batch against a matmul chain on the same device."""
     batch_size = BATCH_SIZES[-1]
     ours = cached_trainer("one_device", 1, batch_size)
-    device = distribute.create_strategy("one_device").extended.worker_devices[0]
+    device = strategies.create_strategy("one_device").extended.worker_devices[0]
     rates = measure({"matmul": MatmulChain(device), "ours": ours},
                     label=f"[ceiling] batch {batch_size}")
     achieved = rates.median("ours") * flops_per_example()
@@ -356,7 +357,7 @@ def time_to_accuracy(config: TrainConfig = TrainConfig()) -> dict:
     """Training seconds (test evaluations left out) until TARGET_ACCURACY on the test set,
     ours and Keras at their defaults, epochs interleaved; at most config.epochs epochs."""
     trainers = {
-        "ours": OurTrainer(distribute.create_strategy(config.strategy, config.cpu_replicas),
+        "ours": OurTrainer(strategies.create_strategy(config.strategy, config.cpu_replicas),
                            config),
         "keras": KerasTrainer(config)}
     seconds = dict.fromkeys(trainers, 0.0)

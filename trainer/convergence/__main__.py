@@ -24,14 +24,19 @@ import os
 import sys
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.terminal
+from trainer.common import terminal  # isort: split
 
 import numpy as np
 from absl import app, flags
 
-from trainer import ctrl_c
-from trainer.convergence.suite import (LogdirError, SuiteSettings, format_table, results_json,
-                                     run_and_report)
+from trainer.common import ctrl_c
+from trainer.convergence.suite import (
+    LogdirError,
+    SuiteSettings,
+    format_table,
+    results_json,
+    run_and_report,
+)
 from trainer.optimizers import OPTIMIZERS
 
 _DEFAULTS = SuiteSettings()
@@ -85,7 +90,7 @@ flags.register_validator("json", lambda path: not path or not os.path.exists(pat
 
 
 def main(argv):
-    trainer.terminal.refuse_arguments(argv, "trainer.convergence")
+    terminal.refuse_arguments(argv, "trainer.convergence")
     settings = SuiteSettings(optimizers=tuple(FLAGS.optimizers),
                              learning_rates=tuple(FLAGS.learning_rates),
                              init_val=FLAGS.init_val, max_iters=FLAGS.max_iters)
@@ -96,7 +101,7 @@ def main(argv):
         # A logdir holding other settings: one line naming the flag, nothing written over.
         sys.exit(f"trainer.convergence: error: {e}")
     print(format_table(results))
-    print(f"TensorBoard: {trainer.terminal.tensorboard_command(FLAGS.logdir)}")
+    print(f"TensorBoard: {terminal.tensorboard_command(FLAGS.logdir)}")
     if FLAGS.json:
         os.makedirs(os.path.dirname(FLAGS.json) or ".", exist_ok=True)
         with open(FLAGS.json, "w") as f:

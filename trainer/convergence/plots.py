@@ -1,12 +1,12 @@
 """The seed notebook's pictures of the convergence suite, drawn from numpy arrays."""
 
 import itertools
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from trainer.figures import new_figure, pixels
+from trainer.reporting.figures import new_figure, pixels
 
 # The notebook's figure size, and its path colours (r, w, c) extended for longer sweeps.
 _FIGSIZE = (9, 6)

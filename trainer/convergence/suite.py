@@ -26,15 +26,16 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from trainer.common.errors import OneLineError
+from trainer.common.tables import markdown_table
 from trainer.convergence import plots
-from trainer.metrics_writer import MetricsWriter
 from trainer.optimizers import create
-from trainer.tables import markdown_table
+from trainer.reporting.tensorboard import MetricsWriter
 
 CONVERGED, EXCEEDED, EXPLODED = "converged", "exceeded", "exploded"
 
@@ -67,7 +68,7 @@ def grad(f, x):
     return tape.gradient(result, x)
 
 
-class LogdirError(ValueError):
+class LogdirError(OneLineError):
     """The logdir holds another suite run's output, which this run would replace."""
 
 

@@ -30,11 +30,11 @@ copies drift apart when replicas see different data; steps 1-3 are what prevents
 strategy the default one runs the very same code with one replica.
 """
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-LearningRate = Union[float, tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]
+LearningRate = float | tf.Tensor | Callable[[tf.Tensor], tf.Tensor]
 
 INITIAL_LOSS_SCALE = 2.0**15
 LOSS_SCALE_GROWTH_INTERVAL = 2000

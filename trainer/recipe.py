@@ -14,22 +14,20 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from trainer import actions, distribute, preemption, run_data, run_files, run_lock
-from trainer.checkpointing import RunCheckpoints
 from trainer.config import ConfigError, TrainConfig
-from trainer.controller import Controller
-from trainer.export import export
-from trainer.inputs import Inputs
-from trainer.metrics_writer import MetricsWriter
-from trainer.progress import Progress
-from trainer.train_state import NonFiniteError, TrainState, build_train_state
+from trainer.distribution import strategies, workers
+from trainer.loop import actions, preemption
+from trainer.loop.controller import Controller
+from trainer.reporting.progress import Progress
+from trainer.reporting.tensorboard import MetricsWriter
+from trainer.run import files, lock, training_data
+from trainer.run.checkpoints import RunCheckpoints
+from trainer.run.export import export
+from trainer.step.inputs import Inputs
+from trainer.step.state import DivergenceError, TrainState, build_train_state
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
-
-
-class DivergenceError(FloatingPointError):
-    """The loss or a gradient stopped being finite; the message names the step."""
 
 
 @dataclasses.dataclass
@@ -62,7 +60,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
     # Devices and strategy.
     if config.deterministic:  # Process-wide; our own randomness is already seeded.
         tf.config.experimental.enable_op_determinism()
-    strategy = distribute.create_strategy(config.strategy, config.cpu_replicas)
+    strategy = strategies.create_strategy(config.strategy, config.cpu_replicas)
     # From here on a SIGTERM or Ctrl-C, however early, stops the run at its first step boundary.
     with preemption.held_stop_signals(), contextlib.ExitStack() as until_the_run_ends:
         return _train_and_evaluate(config, strategy, until_the_run_ends)
@@ -70,11 +68,11 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
 
 def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
                         until_the_run_ends: contextlib.ExitStack) -> TrainResult:
-    chief = distribute.is_chief(strategy)  # Only the chief writes files of the run.
-    logging.info("%s", distribute.describe(strategy))
+    chief = workers.is_chief(strategy)  # Only the chief writes files of the run.
+    logging.info("%s", workers.describe(strategy))
 
     # Input pipeline, on the run's data: the same on every worker and across resumptions.
-    data = run_data.load(config, strategy, os.path.join(config.logdir, config.run_dir_name()))
+    data = training_data.load(config, strategy, os.path.join(config.logdir, config.run_dir_name()))
     inputs = Inputs(strategy, data, config.batch_size, config.seed)
     steps_per_epoch = inputs.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
@@ -85,8 +83,8 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
     lock_run_dir(run_dir, strategy, until_the_run_ends)
     if chief:
         check_not_finished(config)  # By a trainer that held the lock until a moment ago?
-        run_files.write_flags(run_dir, config.flagfile())  # Kept as is on a resumption.
-        run_files.write_data(run_dir, run_data.record(data))  # So is this.
+        files.write_flags(run_dir, config.flagfile())  # Kept as is on a resumption.
+        files.write_data(run_dir, training_data.record(data))  # So is this.
 
     # Train state: model, optimizer, metrics and compiled loops, under the strategy's scope.
     state = build_train_state(strategy, config, steps_per_epoch)
@@ -94,8 +92,8 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
     # Checkpoint: resume from the newest readable one in the run directory.
     checkpoints = RunCheckpoints(
         state.checkpoint(), os.path.join(run_dir, CHECKPOINT_DIR), config.max_checkpoints,
-        chief, distribute.task_name(strategy),
-        chief_value=lambda value: distribute.chief_value(strategy, value))
+        chief, workers.task_name(strategy),
+        chief_value=lambda value: workers.chief_value(strategy, value))
     run = Resumable(state, inputs, checkpoints, config.nonfinite_retries)
     step = run.resume()
     writer = MetricsWriter(run_dir, is_chief=chief)
@@ -120,7 +118,7 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
             periodic.append(actions.Profile(run_dir, *config.profile_steps))
         step = Controller(run.train, periodic, total_steps, config.steps_per_loop,
                           stop_requested=lambda: stop_signals.requested,
-                          recoverable=(NonFiniteError,), recover=run.recover).run(step)
+                          recoverable=(DivergenceError,), recover=run.recover).run(step)
     if step < total_steps:
         writer.close()
         raise stop_signals.stopped(step, total_steps)
@@ -137,7 +135,7 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
                          skipped_windows=state.skipped_windows.numpy().tolist())
     if chief:
         export_once(state.model, result.export_dir)
-        run_files.write_result(run_dir, result)
+        files.write_result(run_dir, result)
     return result
 
 
@@ -160,21 +158,22 @@ class Resumable:
     def train(self, step: int, num_steps: int) -> dict:
         return self.state.train(self.batches, num_steps)
 
-    def recover(self, error: NonFiniteError) -> int:
+    def recover(self, error: DivergenceError) -> int:
         """Back to the last good checkpoint (nothing of the failed run was saved), past the
         batches that diverged, as large runs do; raises DivergenceError once the retries are
         spent. Every worker decides alike: they all met the same non-finite values (gradients
         are summed across them) and restore the checkpoint the chief picks."""
         if not self.retries_left:
             raise DivergenceError(f"{error}; stopping. The run's checkpoints hold no NaN: "
-                                  "the last one is where to go on from.") from None
+                                  "the last one is where to go on from.", error.step) from None
         self.retries_left -= 1
         logging.warning("%s; restoring the last good checkpoint (%d retries left)",
                         error, self.retries_left)
         self._restore()
         if self.restored_from is None:
             raise DivergenceError(f"{error}; stopping: no checkpoint to go back to "
-                                  "(--checkpoint_every_steps saves more often)") from None
+                                  "(--checkpoint_every_steps saves more often)",
+                                  error.step) from None
         # Replaying the same batches from the same weights would diverge again.
         first, last = self.state.step + 1, max(error.step, self.state.step + 1)
         self.state.skip_window(first, last)
@@ -208,7 +207,8 @@ def prepare_run_dir(config: TrainConfig) -> str:
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"--logdir={config.logdir}: cannot create {run_dir} ({e.strerror})")
+        raise ConfigError(
+            f"--logdir={config.logdir}: cannot create {run_dir} ({e.strerror})") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"--logdir={config.logdir}: {run_dir} is not writable")
     logging.info("run directory: %s", run_dir)
@@ -222,13 +222,13 @@ def lock_run_dir(run_dir: str, strategy: tf.distribute.Strategy,
     Raises RunInUse on every worker when another holds it: the chief tells the others (a
     collective), so a second job stops whole rather than lose its chief as a peer."""
     refused = None
-    if distribute.is_chief(strategy):
+    if workers.is_chief(strategy):
         try:
-            until_the_run_ends.enter_context(run_lock.hold(run_dir))
-        except run_lock.RunInUse as e:
+            until_the_run_ends.enter_context(lock.hold(run_dir))
+        except lock.RunInUse as e:
             refused = e
-    if distribute.chief_value(strategy, int(refused is not None)):
-        raise refused or run_lock.RunInUse(
+    if workers.chief_value(strategy, int(refused is not None)):
+        raise refused or lock.RunInUse(
             f"{run_dir} is in use by another trainer (the chief's error names it)")
 
 
@@ -236,14 +236,14 @@ def check_not_finished(config: TrainConfig) -> None:
     """Raises RunFinished if the run `config` names has its result.json (and was run with
     these settings: others are an error, as for any resumption)."""
     run_dir = os.path.join(config.logdir, config.run_dir_name())
-    result = run_files.read_result(run_dir)
+    result = files.read_result(run_dir)
     if result is not None:
         _check_same_settings(config, run_dir)
         raise RunFinished(run_dir, result)
 
 
 def _check_same_settings(config: TrainConfig, run_dir: str) -> None:
-    flags_path = os.path.join(run_dir, run_files.FLAGS_FILE)
+    flags_path = os.path.join(run_dir, files.FLAGS_FILE)
     if os.path.exists(flags_path):  # A resumption.
         with open(flags_path) as f:
             config.check_resumable(f.read(), flags_path)

@@ -13,14 +13,15 @@ from absl import logging
 
 from data import mnist
 from data.mnist import DataError
-from trainer import distribute, run_files
 from trainer.config import TrainConfig
+from trainer.distribution import workers
+from trainer.run import files
 
 
 def load(config: TrainConfig, strategy: tf.distribute.Strategy, run_dir: str) -> mnist.Mnist:
     """The data config asks for, checked against the run's record (if it has one) and
     against the chief's: a collective, so every worker calls it at the same point."""
-    recorded = run_files.read_data(run_dir)
+    recorded = files.read_data(run_dir)
     source = config.data_source
     if source == "auto" and recorded:
         source = recorded["source"]
@@ -39,14 +40,14 @@ def load(config: TrainConfig, strategy: tf.distribute.Strategy, run_dir: str) ->
 
 def _check_same_on_every_worker(strategy: tf.distribute.Strategy, data: mnist.Mnist) -> None:
     # 60 bits of the fingerprint tell arrays apart as well as a person reading it would.
-    held = distribute.gather_from_workers(
-        strategy, (int(distribute.is_chief(strategy)), int(data.fingerprint[:15], 16)))
+    held = workers.gather_from_workers(
+        strategy, (int(workers.is_chief(strategy)), int(data.fingerprint[:15], 16)))
     chief = next(fingerprint for is_chief, fingerprint in held.values() if is_chief)
     others = sorted(task for task, (_, fingerprint) in held.items() if fingerprint != chief)
     if others:
         raise DataError(
             f"{', '.join(others)} hold(s) other MNIST than the chief (here, "
-            f"{distribute.task_name(strategy)}: --data_source={data.source}, fingerprint "
+            f"{workers.task_name(strategy)}: --data_source={data.source}, fingerprint "
             f"{data.fingerprint}); give every worker the same --data_source and --data_dir")
 
 

@@ -10,12 +10,12 @@ import tensorflow as tf
 from absl import logging
 
 from data import mnist
-from trainer.checkpointing import RunCheckpoints
-from trainer.controller import Action
-from trainer.metrics_writer import MetricsWriter
-from trainer.progress import Progress
-from trainer.summaries import misclassified_grid, state_histograms
-from trainer.train_state import TrainState
+from trainer.loop.controller import Action
+from trainer.reporting.progress import Progress
+from trainer.reporting.summaries import misclassified_grid, state_histograms
+from trainer.reporting.tensorboard import MetricsWriter
+from trainer.run.checkpoints import RunCheckpoints
+from trainer.step.state import TrainState
 
 
 class WriteTrainScalars(Action):

@@ -7,7 +7,7 @@ exactly the actions due at that step, in the order given. Adding a periodic thin
 action, not a branch here. (Orbit's `Controller` and CLU's `periodic_actions` are the models.)
 """
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 class Action:

@@ -17,20 +17,15 @@ keeps such a signal for `watch`, which acts on it at the first step boundary.
 import contextlib
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 from absl import logging
 
-from trainer import ctrl_c
-from trainer.checkpointing import RunCheckpoints
+from trainer.common import ctrl_c
+from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
+from trainer.run.checkpoints import RunCheckpoints
 
-# 128 + SIGTERM: what the job would have returned had the signal killed it, so schedulers
-# restart it as they would any preempted job; this time it has saved its steps first.
-PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
-# 128 + SIGINT (ctrl_c.INTERRUPTED_EXIT_CODE): a run stopped from the keyboard, which
-# schedulers and launchers do not restart.
-INTERRUPTED_EXIT_CODE = ctrl_c.INTERRUPTED_EXIT_CODE
 # How the line a stop ends with names each signal.
 _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 

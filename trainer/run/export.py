@@ -5,7 +5,7 @@ import os
 import tensorflow as tf
 
 from data.mnist import IMAGE_SHAPE, NUM_PIXELS, to_features
-from trainer import disk
+from trainer.run import disk
 
 
 class Classifier(tf.Module):

@@ -7,8 +7,8 @@ Python out of the hot loop.
 
 import tensorflow as tf
 
-from trainer.metrics import ClassificationMetrics
 from trainer.optimizers import Optimizer
+from trainer.step.metrics import ClassificationMetrics
 
 
 def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from data import mnist
-from trainer.figures import new_figure, pixels
 from trainer.optimizers import Optimizer
+from trainer.reporting.figures import new_figure, pixels
 
 
 def state_histograms(model: tf.Module, optimizer: Optimizer) -> dict[str, tf.Tensor]:

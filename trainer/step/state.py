@@ -14,21 +14,22 @@ import tensorflow as tf
 from data import mnist
 from models.mlp import MLP
 from trainer import optimizers
+from trainer.common.errors import OneLineError
 from trainer.config import TrainConfig
-from trainer.metrics import ClassificationMetrics
-from trainer.steps import compile_loop, make_eval_step, make_train_step
-
+from trainer.step.metrics import ClassificationMetrics
+from trainer.step.steps import compile_loop, make_eval_step, make_train_step
 
 # What each --precision computes in; variables and optimizer state are float32 in all three.
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
                   "mixed_float16": tf.float16}
 
 
-class NonFiniteError(FloatingPointError):
-    """A compiled run of steps met a NaN/inf loss or gradient; nothing of it is saved."""
+class DivergenceError(OneLineError):
+    """The loss or a gradient stopped being finite at `step`; nothing of the compiled run of
+    steps that met it is saved. The recipe retries past it, then reports it."""
 
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"step {step}: the loss or a gradient is not finite (train loss {loss})")
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
         self.step = step
 
 
@@ -78,7 +79,7 @@ class TrainState:
 
         {loss, accuracy} over the steps; the learning rate they started with; the last step's
         gradient norm and the parameter norm after it; examples per second; with loss scaling,
-        the loss scale and the steps skipped for an overflow so far. Raises NonFiniteError if
+        the loss scale and the steps skipped for an overflow so far. Raises DivergenceError if
         any step's loss was not finite, or a gradient was not finite (with loss scaling: even
         at loss scale 1).
         """
@@ -91,7 +92,9 @@ class TrainState:
         seconds = time.perf_counter() - start
         bad_step = int(self.optimizer.first_nonfinite_step.numpy())
         if bad_step or not math.isfinite(measured["loss"]):
-            raise NonFiniteError(bad_step or first_step + num_steps, measured["loss"])
+            step = bad_step or first_step + num_steps
+            raise DivergenceError(f"step {step}: the loss or a gradient is not finite "
+                                  f"(train loss {measured['loss']})", step)
         measured.update(learning_rate=learning_rate,
                         grad_norm=float(self.optimizer.grad_norm.numpy()),
                         param_norm=float(tf.linalg.global_norm(self.model.trainable_variables)),

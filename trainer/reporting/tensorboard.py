@@ -20,13 +20,13 @@ import glob
 import os
 import struct
 import weakref
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import disk
+from trainer.run import disk
 
 
 def _event_files(logdir: str) -> set[str]:

@@ -8,8 +8,8 @@ an uninterrupted run sees from there: resuming needs the step and nothing else.
 import tensorflow as tf
 
 from data import mnist
-from trainer import exiting
 from trainer.config import ConfigError
+from trainer.loop import exiting
 
 EVAL_SPLITS = ("validation", "test")
 

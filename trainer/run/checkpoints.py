@@ -7,17 +7,18 @@ leaves `ckpt-<step>_temp/`, maybe part of `ckpt-<step>.*` and a `checkpoint.tmp*
 """
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 from absl import logging
 
-from trainer import disk
+from trainer.common.errors import OneLineError
+from trainer.run import disk
 
 CHECKPOINT_NAME = "ckpt"  # Files are <directory>/ckpt-<step>.*
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OneLineError):
     """No usable checkpoint where one is expected; the message names the file."""
 
 

@@ -1,8 +1,8 @@
 """Screenshots of TensorBoard's Scalars, Images and Histograms dashboards, as PNG files.
 
-    python -m docs.tensorboard_screenshots                   # trains a short run first (about 30 s)
-    python -m docs.tensorboard_screenshots --logdir=runs     # shows the runs already there
-    python -m docs.tensorboard_screenshots --out_dir=docs/screenshots   # the README's pictures
+    python -m tools.tensorboard_screenshots                   # trains a short run first (about 30 s)
+    python -m tools.tensorboard_screenshots --logdir=runs     # shows the runs already there
+    python -m tools.tensorboard_screenshots --out_dir=docs/screenshots   # the README's pictures
 
 Without --logdir (or with one that holds no runs yet) it writes a 3-epoch training run `mlp`
 and the convergence suite `convergence/...`, starts the real TensorBoard on a free 127.0.0.1
@@ -22,7 +22,9 @@ import time
 import urllib.parse
 import urllib.request
 
-import trainer.terminal
+# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+from trainer.common import terminal  # isort: split
+
 from absl import app, flags, logging
 
 from launch.ports import free_ports
@@ -63,7 +65,7 @@ def write_demo_runs(logdir: str) -> None:
     # Imported here: TensorFlow takes seconds to load and is not needed to show existing runs.
     from trainer.config import TrainConfig
     from trainer.convergence.suite import SuiteSettings, run_and_report
-    from trainer.train_lib import train_and_evaluate
+    from trainer.recipe import train_and_evaluate
 
     train_and_evaluate(TrainConfig(logdir=logdir, run_name="mlp", epochs=3, hidden_sizes=(256,),
                                    batch_size=256, data_source="bundled", warmup_epochs=0.0))
@@ -166,15 +168,15 @@ def _tail(path: str, chars: int = 2000) -> str:
 
 
 def main(argv):
-    trainer.terminal.refuse_arguments(argv, "docs.tensorboard_screenshots")
+    terminal.refuse_arguments(argv, "tools.tensorboard_screenshots")
     logging.set_verbosity(logging.WARNING)  # The trainer's progress lines are enough.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Read when TensorFlow loads, if it does.
     chromium = shutil.which(FLAGS.chromium)
     if chromium is None:
-        sys.exit(f"docs.tensorboard_screenshots: error: {FLAGS.chromium} not found; "
+        sys.exit(f"tools.tensorboard_screenshots: error: {FLAGS.chromium} not found; "
                  "install Debian's chromium: apt-get install chromium")
     if FLAGS.logdir is not None and os.path.isfile(FLAGS.logdir):
-        sys.exit(f"docs.tensorboard_screenshots: error: --logdir={FLAGS.logdir} is a file")
+        sys.exit(f"tools.tensorboard_screenshots: error: --logdir={FLAGS.logdir} is a file")
     with tempfile.TemporaryDirectory(prefix="screenshots-") as scratch_dir:
         logdir = FLAGS.logdir or os.path.join(scratch_dir, "logdir")
         try:
@@ -183,7 +185,7 @@ def main(argv):
                 write_demo_runs(logdir)
             paths = capture(logdir, FLAGS.out_dir, chromium, scratch_dir)
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-            sys.exit(f"docs.tensorboard_screenshots: error: {e}")
+            sys.exit(f"tools.tensorboard_screenshots: error: {e}")
     for path in paths:
         print(f"{path} ({os.path.getsize(path) // 1024} KB)")
 

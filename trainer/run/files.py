@@ -15,18 +15,18 @@ import json
 import os
 import subprocess
 
-from trainer import disk
+from trainer.common.paths import REPOSITORY
+from trainer.run import disk
 
 FLAGS_FILE = "flags.txt"
 DATA_FILE = "data.json"
 RESULT_FILE = "result.json"
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_commit() -> str:
     """HEAD of the code's repository, marked `-dirty` with uncommitted changes, or `unknown`."""
     def git(*args):
-        return subprocess.run(["git", "-C", _REPO, *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", REPOSITORY, *args], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD")

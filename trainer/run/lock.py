@@ -17,12 +17,13 @@ import socket
 
 from absl import logging
 
-from trainer import disk
+from trainer.common.errors import OneLineError
+from trainer.run import disk
 
 LOCK_FILE = "run.lock"
 
 
-class RunInUse(Exception):
+class RunInUse(OneLineError):
     """Another live trainer holds the run directory; the message names it."""
 
 

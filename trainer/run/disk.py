@@ -12,9 +12,11 @@ checkpoint: what a rerun resumes from once there is space.
 import contextlib
 import errno
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
+
+from trainer.common.errors import OneLineError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -23,7 +25,7 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 _checkpoint_dirs: dict[str, str] = {}
 
 
-class DiskFullError(OSError):
+class DiskFullError(OneLineError, OSError):
     """A write met a full disk; what it had written is removed; the message says what a rerun
     resumes from."""
 

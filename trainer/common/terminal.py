@@ -5,7 +5,7 @@ checkpoint, SavedModel signature renames, ...), and one line, not a traceback, f
 Every entry point imports this module before anything that loads TensorFlow:
 
     # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-    import trainer.terminal  # noqa: F401
+    import trainer.common.terminal  # noqa: F401
 
 because TensorFlow's C++ logging reads its level (TF_CPP_MIN_LOG_LEVEL) once, as it loads, and
 the entry points' other imports load it. absl's --verbosity decides what the user sees:
@@ -32,13 +32,14 @@ import tempfile
 from absl import flags
 from absl import logging as absl_logging
 
+from trainer.common.paths import REPOSITORY
+
 CPP_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 # C++ lines hidden by default: INFO, WARNING and ERROR, leaving FATAL. TensorFlow's C++ errors
 # that matter come back to Python as exceptions, which the entry points report; the ERROR
 # lines that stop nothing are probes, such as "failed call to cuInit" on a machine without GPU.
 QUIET_CPP_LEVEL = "3"
 
-_REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _VENV = os.path.realpath(sys.prefix)
 _SEVERITIES = "IWEF"  # absl's C++ severities, in the order of TF_CPP_MIN_LOG_LEVEL's values.
 # A C++ log record's first line, in absl's format or TensorFlow's older one:
@@ -166,7 +167,7 @@ def _load_tensorflow() -> None:
 def _is_ours(path: str) -> bool:
     """A file of this repository's code, not of a package installed in its virtualenv."""
     path = os.path.realpath(path)
-    return path.startswith(_REPO + os.sep) and not path.startswith(_VENV + os.sep)
+    return path.startswith(f"{REPOSITORY}{os.sep}") and not path.startswith(_VENV + os.sep)
 
 
 def _shown(record: logging.LogRecord) -> bool:

@@ -21,9 +21,9 @@ import logging
 import os
 import sys
 
-import trainer.terminal
-from trainer.metrics_writer import MetricsWriter
-from trainer.preemption import INTERRUPTED_EXIT_CODE
+from trainer.common import terminal
+from trainer.common.exit_codes import INTERRUPTED_EXIT_CODE
+from trainer.reporting.tensorboard import MetricsWriter
 
 # Objects whose deletion could hold up the exit, kept until os._exit ends the process. Only in
 # a process that ends that way: elsewhere (tests, benchmarks) they are deleted as usual.
@@ -51,7 +51,7 @@ def exit_promptly(main):
         except SystemExit as e:
             code = e.code
         except KeyboardInterrupt:  # Ctrl-C before the run could hold it: nothing to save.
-            print(trainer.terminal.interrupted_line(), file=sys.stderr)
+            print(terminal.interrupted_line(), file=sys.stderr)
             code = INTERRUPTED_EXIT_CODE
         leave(code)
 

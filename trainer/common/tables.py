@@ -1,6 +1,6 @@
 """Markdown tables for the terminal: aligned columns that also paste into a README as is."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -11,9 +11,8 @@ import os
 import signal
 import threading
 
-import trainer.terminal
-
-INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # What a shell reports for a program ended by it.
+from trainer.common import terminal
+from trainer.common.exit_codes import INTERRUPTED_EXIT_CODE
 
 
 class CtrlCCounter:
@@ -37,7 +36,7 @@ class CtrlCCounter:
                     continue
                 seen += 1
                 if seen >= self.ends_at:
-                    line = self.last_line or trainer.terminal.interrupted_line()
+                    line = self.last_line or terminal.interrupted_line()
                     os.write(2, f"{line}\n".encode())
                     os._exit(INTERRUPTED_EXIT_CODE)
                 os.write(2, f"{self.answers[seen - 1]}\n".encode())

@@ -1,1 +1,0 @@
-"""Tools that make the README's pictures; not part of training."""

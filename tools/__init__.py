@@ -1,0 +1,1 @@
+"""Tools for the documentation, such as the TensorBoard screenshots in docs/screenshots."""

@@ -1,0 +1,1 @@
+"""What a run shows: TensorBoard scalars, images and histograms, and progress on the terminal."""

@@ -1,0 +1,1 @@
+"""The computation: the model's train state, the compiled train and eval steps, their inputs."""
