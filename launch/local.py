@@ -38,18 +38,28 @@ from launch import local_job, private_network
 from launch.trainer_args import MULTI_WORKER_FLAG, LaunchError, check_trainer_args
 
 flags.DEFINE_integer("workers", 2, "Worker processes to start.", lower_bound=1)
-flags.DEFINE_float("grace_seconds", 10.0,
-                   "After a worker fails, a second Ctrl-C or the launcher's death, how long the "
-                   "workers get to exit before they are killed.", lower_bound=0.0)
-flags.DEFINE_integer("max_restarts", 0,
-                     "How many times the whole job is started again, from its latest "
-                     "checkpoint, after a worker is preempted (exit 143) or killed by a signal.",
-                     lower_bound=0)
-flags.DEFINE_bool("allow_exposed_ports", False,
-                  "Where no private network namespace can be made (not Linux, or unprivileged "
-                  "user namespaces disabled), run the job anyway with the workers' gRPC ports "
-                  "open on every interface: anyone who reaches them can run any TensorFlow op "
-                  "in a worker.")
+flags.DEFINE_float(
+    "grace_seconds",
+    10.0,
+    "After a worker fails, a second Ctrl-C or the launcher's death, how long the "
+    "workers get to exit before they are killed.",
+    lower_bound=0.0,
+)
+flags.DEFINE_integer(
+    "max_restarts",
+    0,
+    "How many times the whole job is started again, from its latest "
+    "checkpoint, after a worker is preempted (exit 143) or killed by a signal.",
+    lower_bound=0,
+)
+flags.DEFINE_bool(
+    "allow_exposed_ports",
+    False,
+    "Where no private network namespace can be made (not Linux, or unprivileged "
+    "user namespaces disabled), run the job anyway with the workers' gRPC ports "
+    "open on every interface: anyone who reaches them can run any TensorFlow op "
+    "in a worker.",
+)
 
 FLAGS = flags.FLAGS
 
@@ -57,9 +67,15 @@ FLAGS = flags.FLAGS
 SET_BY_LOCAL = {"strategy": "launch.local (--strategy=multi_worker)"}
 
 
-def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10.0,
-            allow_exposed_ports: bool = False, sink=sys.stdout, env: dict | None = None,
-            max_restarts: int = 0) -> int:
+def run_job(
+    num_workers: int,
+    trainer_args: list[str],
+    grace_seconds: float = 10.0,
+    allow_exposed_ports: bool = False,
+    sink=sys.stdout,
+    env: dict | None = None,
+    max_restarts: int = 0,
+) -> int:
     """Starts the job (launch/local_job.py) in a private network, streams its output, and
     returns its exit code: 130 after Ctrl-C.
 
@@ -68,14 +84,21 @@ def run_job(num_workers: int, trainer_args: list[str], grace_seconds: float = 10
     the environment the user gave this launcher (terminal.user_environ): each worker
     sets up its terminal from its own flags.
     """
-    trainer_args = check_trainer_args(list(trainer_args), SET_BY_LOCAL,
-                                      replicas=num_workers, launcher_args=(MULTI_WORKER_FLAG,))
+    trainer_args = check_trainer_args(
+        list(trainer_args), SET_BY_LOCAL, replicas=num_workers, launcher_args=(MULTI_WORKER_FLAG,)
+    )
     command = local_job.command(num_workers, trainer_args, grace_seconds, max_restarts)
     # A process group of its own: a terminal's Ctrl-C, sent to its foreground group, reaches
     # this process alone, and each worker gets the one SIGINT passed on.
-    options = dict(env=dict(terminal.user_environ() if env is None else env),
-                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                   text=True, bufsize=1, process_group=0)
+    options = dict(
+        env=dict(terminal.user_environ() if env is None else env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        process_group=0,
+    )
     # SIGHUP (a closed terminal) ends this process as usual; the job is told (die_with_parent).
     with local_job.StopRequests(signals=(signal.SIGTERM, signal.SIGINT)) as stop:
         with local_job.stop_signals_blocked():
@@ -97,10 +120,13 @@ def _start(command: list[str], options: dict, allow_exposed_ports: bool, sink):
             raise LaunchError(
                 f"cannot give the workers a private network ({e}); without one their gRPC "
                 "servers listen on every interface and run any op anyone sends; "
-                "--allow_exposed_ports runs the job anyway") from None
-        sink.write(f"[launcher] warning: no private network for the workers ({e}): their "
-                   "gRPC servers listen on every interface of this machine, "
-                   "unauthenticated, and run any op anyone sends (--allow_exposed_ports)\n")
+                "--allow_exposed_ports runs the job anyway"
+            ) from None
+        sink.write(
+            f"[launcher] warning: no private network for the workers ({e}): their "
+            "gRPC servers listen on every interface of this machine, "
+            "unauthenticated, and run any op anyone sends (--allow_exposed_ports)\n"
+        )
         sink.flush()
         return subprocess.Popen(command, **options)
 
@@ -108,9 +134,13 @@ def _start(command: list[str], options: dict, allow_exposed_ports: bool, sink):
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
-        code = run_job(FLAGS.workers, argv[1:], grace_seconds=FLAGS.grace_seconds,
-                       allow_exposed_ports=FLAGS.allow_exposed_ports,
-                       max_restarts=FLAGS.max_restarts)
+        code = run_job(
+            FLAGS.workers,
+            argv[1:],
+            grace_seconds=FLAGS.grace_seconds,
+            allow_exposed_ports=FLAGS.allow_exposed_ports,
+            max_restarts=FLAGS.max_restarts,
+        )
     except LaunchError as e:
         # One line naming the flag; no worker started.
         sys.exit(f"launch.local: error: {e}")

@@ -40,13 +40,16 @@ from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 # What a launcher and its job take as a request to stop; SIGHUP: the launcher is gone.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # What each worker is sent for each, and what the job's output says of it.
-_PASSED_AS = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT,
-              signal.SIGHUP: signal.SIGTERM}
+_PASSED_AS = {
+    signal.SIGTERM: signal.SIGTERM,
+    signal.SIGINT: signal.SIGINT,
+    signal.SIGHUP: signal.SIGTERM,
+}
 _ANNOUNCED = {
     (signal.SIGTERM, 1): "SIGTERM: every worker checkpoints at its next step boundary and "
-                         "exits 143",
+    "exits 143",
     (signal.SIGINT, 1): "Ctrl-C (SIGINT): every worker checkpoints at its next step boundary "
-                        "and exits 130; Ctrl-C again stops them at once",
+    "and exits 130; Ctrl-C again stops them at once",
     (signal.SIGINT, 2): "Ctrl-C again: every worker stops at once",
 }
 
@@ -120,7 +123,7 @@ class StopRequests:
         while self._announced < len(self.received):
             self._announced += 1
             signum = self.received[self._announced - 1]
-            line = _ANNOUNCED.get((signum, self.received[:self._announced].count(signum)))
+            line = _ANNOUNCED.get((signum, self.received[: self._announced].count(signum)))
             if line:
                 output.write(f"[launcher] {line}\n")
 
@@ -133,8 +136,7 @@ class StopRequests:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._pass)
-                              for signum in self._signals}
+            self._previous = {signum: signal.signal(signum, self._pass) for signum in self._signals}
             signal.pthread_sigmask(signal.SIG_UNBLOCK, self._signals)
         return self
 
@@ -178,8 +180,10 @@ def restartable(returncode: int) -> bool:
 def tf_configs(ports: list[int]) -> list[str]:
     """One TF_CONFIG per worker; worker 0 is the chief."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            for index in range(len(ports))]
+    return [
+        json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        for index in range(len(ports))
+    ]
 
 
 def _stream(prefix: str, stream, output: Output) -> None:
@@ -187,8 +191,13 @@ def _stream(prefix: str, stream, output: Output) -> None:
         output.write(f"{prefix}{line}")
 
 
-def run_workers(num_workers: int, trainer_args: list[str], grace_seconds: float,
-                max_restarts: int = 0, sink=sys.stdout) -> int:
+def run_workers(
+    num_workers: int,
+    trainer_args: list[str],
+    grace_seconds: float,
+    max_restarts: int = 0,
+    sink=sys.stdout,
+) -> int:
     """Runs the job to its end, restarting it up to `max_restarts` times after a worker is
     preempted or killed, and returns the job's exit code."""
     output = Output(sink)
@@ -197,13 +206,19 @@ def run_workers(num_workers: int, trainer_args: list[str], grace_seconds: float,
         while True:
             workers = _start_workers(num_workers, trainer_args, stop, output)
             failed = _watch(workers, stop, output)
-            restart = (failed is not None and not stop.requested and restartable(failed[1])
-                       and restarts_left > 0)
+            restart = (
+                failed is not None
+                and not stop.requested
+                and restartable(failed[1])
+                and restarts_left > 0
+            )
             if failed is not None and not stop.requested:
                 restarts_left -= restart
                 output.write(_failure_line(*failed, restart, restarts_left, max_restarts))
-            _stop([process for process, _ in workers],
-                  min(stop.deadline, time.monotonic() + grace_seconds))
+            _stop(
+                [process for process, _ in workers],
+                min(stop.deadline, time.monotonic() + grace_seconds),
+            )
             for _, thread in workers:
                 thread.join(timeout=5)
             stop.announce(output)
@@ -212,25 +227,31 @@ def run_workers(num_workers: int, trainer_args: list[str], grace_seconds: float,
     if not workers:  # Stopped before any worker started.
         return 128 + _PASSED_AS[stop.received[0]]
     if failed is None:  # All exited, or the deadline passed: the first that did not exit 0.
-        failed = next(((i, p.returncode) for i, (p, _) in enumerate(workers)
-                       if p.returncode != 0), None)
+        failed = next(
+            ((i, p.returncode) for i, (p, _) in enumerate(workers) if p.returncode != 0), None
+        )
     return 0 if failed is None else exit_code(failed[1])
 
 
-def _failure_line(index: int, returncode: int, restart: bool, restarts_left: int,
-                  max_restarts: int) -> str:
+def _failure_line(
+    index: int, returncode: int, restart: bool, restarts_left: int, max_restarts: int
+) -> str:
     """What the job's output says when a worker fails: why, and what happens next."""
     if restart:
-        then = (f"restarting the job from its latest checkpoint ({restarts_left} "
-                f"restart{'' if restarts_left == 1 else 's'} left)")
+        then = (
+            f"restarting the job from its latest checkpoint ({restarts_left} "
+            f"restart{'' if restarts_left == 1 else 's'} left)"
+        )
     else:
         then = "stopping the job" + (
-            " (no restarts left)" if max_restarts and restartable(returncode) else "")
+            " (no restarts left)" if max_restarts and restartable(returncode) else ""
+        )
     return f"[launcher] worker {index} exited with code {returncode}; {then}\n"
 
 
-def _start_workers(num_workers: int, trainer_args: list[str], stop: StopRequests,
-                   output: Output) -> list[tuple[subprocess.Popen, threading.Thread]]:
+def _start_workers(
+    num_workers: int, trainer_args: list[str], stop: StopRequests, output: Output
+) -> list[tuple[subprocess.Popen, threading.Thread]]:
     """Starts the workers (none after a stop request), then the threads streaming their output:
     each child is forked while this process has no other thread, for the prctl it runs before
     exec (die_with_parent)."""
@@ -239,17 +260,24 @@ def _start_workers(num_workers: int, trainer_args: list[str], stop: StopRequests
     for tf_config in tf_configs(free_ports(num_workers)):
         if stop.requested:
             break
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "trainer.train", "--strategy=multi_worker", *trainer_args],
-            env={**os.environ, "TF_CONFIG": tf_config}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
-            # Nothing else will kill a worker if this process is killed.
-            preexec_fn=lambda parent=os.getpid(): die_with_parent(signal.SIGKILL, parent)))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "trainer.train", "--strategy=multi_worker", *trainer_args],
+                env={**os.environ, "TF_CONFIG": tf_config},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                # Nothing else will kill a worker if this process is killed.
+                preexec_fn=lambda parent=os.getpid(): die_with_parent(signal.SIGKILL, parent),
+            )
+        )
         stop.add(processes[-1])
     workers = []
     for index, process in enumerate(processes):
-        thread = threading.Thread(target=_stream, daemon=True,
-                                  args=(f"[worker {index}] ", process.stdout, output))
+        thread = threading.Thread(
+            target=_stream, daemon=True, args=(f"[worker {index}] ", process.stdout, output)
+        )
         thread.start()
         workers.append((process, thread))
     return workers
@@ -261,8 +289,7 @@ def _watch(workers, stop: StopRequests, output: Output) -> tuple[int, int] | Non
     while time.monotonic() < stop.deadline:
         stop.announce(output)
         codes = [process.poll() for process, _ in workers]
-        failed = next(((i, code) for i, code in enumerate(codes) if code not in (None, 0)),
-                      None)
+        failed = next(((i, code) for i, code in enumerate(codes) if code not in (None, 0)), None)
         if failed is not None or all(code == 0 for code in codes):
             return failed
         time.sleep(0.2)
@@ -282,12 +309,21 @@ def _stop(processes: list[subprocess.Popen], deadline: float) -> None:
             process.wait()
 
 
-def command(num_workers: int, trainer_args: list[str], grace_seconds: float,
-            max_restarts: int = 0) -> list[str]:
+def command(
+    num_workers: int, trainer_args: list[str], grace_seconds: float, max_restarts: int = 0
+) -> list[str]:
     """The command line that runs this job for this launcher (trainer_args already checked)."""
-    return [sys.executable, "-m", "launch.local_job", f"--workers={num_workers}",
-            f"--grace_seconds={grace_seconds}", f"--max_restarts={max_restarts}",
-            f"--launcher_pid={os.getpid()}", "--", *trainer_args]
+    return [
+        sys.executable,
+        "-m",
+        "launch.local_job",
+        f"--workers={num_workers}",
+        f"--grace_seconds={grace_seconds}",
+        f"--max_restarts={max_restarts}",
+        f"--launcher_pid={os.getpid()}",
+        "--",
+        *trainer_args,
+    ]
 
 
 def main(argv: list[str]) -> None:
@@ -300,8 +336,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     # SIGHUP stays blocked, as the launcher started this process, until StopRequests handles it.
     die_with_parent(signal.SIGHUP, args.launcher_pid)
-    sys.exit(run_workers(args.workers, args.trainer_args, args.grace_seconds,
-                         args.max_restarts))
+    sys.exit(run_workers(args.workers, args.trainer_args, args.grace_seconds, args.max_restarts))
 
 
 if __name__ == "__main__":

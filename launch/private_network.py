@@ -50,8 +50,9 @@ def enter() -> None:
         # network namespace made with it.
         uid, gid = os.geteuid(), os.getegid()
         if unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
-            raise Unavailable(f"{alone}; unshare(CLONE_NEWUSER|CLONE_NEWNET): "
-                              f"{os.strerror(ctypes.get_errno())}")
+            raise Unavailable(
+                f"{alone}; unshare(CLONE_NEWUSER|CLONE_NEWNET): {os.strerror(ctypes.get_errno())}"
+            )
         try:
             _map_to_self(uid, gid)
         except Unavailable as e:
@@ -66,8 +67,11 @@ def _map_to_self(uid: int, gid: int) -> None:
     """Maps the user and group to themselves in the new user namespace: files keep their
     owners, and the process stays who it was rather than becoming that namespace's root."""
     # "deny" first: the kernel's condition for an unprivileged process's gid_map.
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                       ("gid_map", f"{gid} {gid} 1")):
+    for name, text in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{uid} {uid} 1"),
+        ("gid_map", f"{gid} {gid} 1"),
+    ):
         try:
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
@@ -93,8 +97,16 @@ def start(command: list[str], **popen_options) -> subprocess.Popen:
     report_read, report_write = os.pipe()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "launch.private_network", f"--report_fd={report_write}",
-             *command], pass_fds=(report_write,), **popen_options)
+            [
+                sys.executable,
+                "-m",
+                "launch.private_network",
+                f"--report_fd={report_write}",
+                *command,
+            ],
+            pass_fds=(report_write,),
+            **popen_options,
+        )
     finally:
         os.close(report_write)
     # Empty at end of file: the pipe closed when `command` replaced main (close-on-exec).

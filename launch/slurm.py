@@ -29,23 +29,38 @@ _DEFAULTS = SlurmJob()
 
 flags.DEFINE_string("name", _DEFAULTS.name, "The job's name (sbatch --job-name).")
 flags.DEFINE_integer("nodes", _DEFAULTS.nodes, "Nodes of the job.")
-flags.DEFINE_integer("tasks_per_node", _DEFAULTS.tasks_per_node,
-                     "Trainer processes per node (Slurm tasks).")
-flags.DEFINE_integer("gpus_per_node", _DEFAULTS.gpus_per_node,
-                     "GPUs per node (--gres=gpu:N), shared equally by its tasks; 0: CPU only.")
-flags.DEFINE_integer("cpus_per_task", _DEFAULTS.cpus_per_task,
-                     "CPUs per task; 0: the cluster's default.")
-flags.DEFINE_string("time", _DEFAULTS.time,
-                    "Time limit (sbatch --time, e.g. 4:00:00); empty: the partition's.")
+flags.DEFINE_integer(
+    "tasks_per_node", _DEFAULTS.tasks_per_node, "Trainer processes per node (Slurm tasks)."
+)
+flags.DEFINE_integer(
+    "gpus_per_node",
+    _DEFAULTS.gpus_per_node,
+    "GPUs per node (--gres=gpu:N), shared equally by its tasks; 0: CPU only.",
+)
+flags.DEFINE_integer(
+    "cpus_per_task", _DEFAULTS.cpus_per_task, "CPUs per task; 0: the cluster's default."
+)
+flags.DEFINE_string(
+    "time", _DEFAULTS.time, "Time limit (sbatch --time, e.g. 4:00:00); empty: the partition's."
+)
 flags.DEFINE_string("partition", _DEFAULTS.partition, "Partition; empty: the default one.")
-flags.DEFINE_integer("signal_seconds", _DEFAULTS.signal_seconds,
-                     "SIGTERM to the trainers this many seconds before the time limit, for "
-                     "their checkpoint; the script then requeues the job.")
-flags.DEFINE_string("output", _DEFAULTS.output,
-                    "The job's output file (sbatch --output; %x: name, %j: job id), relative "
-                    "to this checkout; each attempt appends to it.")
-flags.DEFINE_string("python", _DEFAULTS.python,
-                    "The Python interpreter of the trainers, at this path on every node.")
+flags.DEFINE_integer(
+    "signal_seconds",
+    _DEFAULTS.signal_seconds,
+    "SIGTERM to the trainers this many seconds before the time limit, for "
+    "their checkpoint; the script then requeues the job.",
+)
+flags.DEFINE_string(
+    "output",
+    _DEFAULTS.output,
+    "The job's output file (sbatch --output; %x: name, %j: job id), relative "
+    "to this checkout; each attempt appends to it.",
+)
+flags.DEFINE_string(
+    "python",
+    _DEFAULTS.python,
+    "The Python interpreter of the trainers, at this path on every node.",
+)
 flags.DEFINE_string("script", "", "Write the batch script to this file instead of stdout.")
 flags.DEFINE_bool("submit", False, "Submit the script with sbatch and print the job id.")
 
@@ -53,11 +68,19 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    job = SlurmJob(name=FLAGS.name, nodes=FLAGS.nodes, tasks_per_node=FLAGS.tasks_per_node,
-                   gpus_per_node=FLAGS.gpus_per_node, cpus_per_task=FLAGS.cpus_per_task,
-                   time=FLAGS.time, partition=FLAGS.partition,
-                   signal_seconds=FLAGS.signal_seconds, output=FLAGS.output,
-                   python=FLAGS.python, trainer_args=tuple(argv[1:]))
+    job = SlurmJob(
+        name=FLAGS.name,
+        nodes=FLAGS.nodes,
+        tasks_per_node=FLAGS.tasks_per_node,
+        gpus_per_node=FLAGS.gpus_per_node,
+        cpus_per_task=FLAGS.cpus_per_task,
+        time=FLAGS.time,
+        partition=FLAGS.partition,
+        signal_seconds=FLAGS.signal_seconds,
+        output=FLAGS.output,
+        python=FLAGS.python,
+        trainer_args=tuple(argv[1:]),
+    )
     try:
         script = batch_script(job)
         if FLAGS.script:

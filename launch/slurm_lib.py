@@ -54,6 +54,7 @@ class SlurmJob:
 
     def validate(self) -> "SlurmJob":
         """Raises LaunchError naming the first bad flag; returns self for chaining."""
+
         def need(ok, flag, problem):
             if not ok:
                 raise LaunchError(f"--{flag}={getattr(self, flag)}: {problem}")
@@ -62,32 +63,52 @@ class SlurmJob:
         need(self.nodes >= 1, "nodes", "must be at least 1")
         need(self.tasks_per_node >= 1, "tasks_per_node", "must be at least 1")
         need(self.gpus_per_node >= 0, "gpus_per_node", "must be 0 (CPU only) or more")
-        need(self.gpus_per_node % self.tasks_per_node == 0, "gpus_per_node",
-             f"must divide equally among the --tasks_per_node={self.tasks_per_node} tasks")
+        need(
+            self.gpus_per_node % self.tasks_per_node == 0,
+            "gpus_per_node",
+            f"must divide equally among the --tasks_per_node={self.tasks_per_node} tasks",
+        )
         need(self.cpus_per_task >= 0, "cpus_per_task", "must be 0 (the cluster's default) or more")
-        need(re.fullmatch(r"[\w:+-]*", self.time), "time",
-             "must be a Slurm time limit such as 2:00:00 or 1-12:00:00")
-        need(re.fullmatch(r"[\w,.-]*", self.partition), "partition",
-             "must be partition names, comma-separated")
-        need(0 <= self.signal_seconds <= MAX_SIGNAL_SECONDS, "signal_seconds",
-             f"must be 0 to {MAX_SIGNAL_SECONDS}")
+        need(
+            re.fullmatch(r"[\w:+-]*", self.time),
+            "time",
+            "must be a Slurm time limit such as 2:00:00 or 1-12:00:00",
+        )
+        need(
+            re.fullmatch(r"[\w,.-]*", self.partition),
+            "partition",
+            "must be partition names, comma-separated",
+        )
+        need(
+            0 <= self.signal_seconds <= MAX_SIGNAL_SECONDS,
+            "signal_seconds",
+            f"must be 0 to {MAX_SIGNAL_SECONDS}",
+        )
         need(self.output.strip() and "\n" not in self.output, "output", "must be a file name")
-        check_trainer_args(list(self.trainer_args), SET_BY_SCRIPT,
-                           replicas=self.replicas, launcher_args=(MULTI_WORKER_FLAG,))
+        check_trainer_args(
+            list(self.trainer_args),
+            SET_BY_SCRIPT,
+            replicas=self.replicas,
+            launcher_args=(MULTI_WORKER_FLAG,),
+        )
         return self
 
 
 def batch_script(job: SlurmJob) -> str:
     """The sbatch script: #SBATCH options, then srun of the trainers and the requeue rule."""
     job.validate()
-    options = [f"--job-name={job.name}", f"--nodes={job.nodes}",
-               f"--ntasks-per-node={job.tasks_per_node}",
-               f"--chdir={REPOSITORY}", f"--output={job.output}",
-               # Each attempt's output follows the previous one's instead of replacing it.
-               "--open-mode=append",
-               # SIGTERM to the trainers (the job's steps), so they checkpoint before the kill.
-               f"--signal=TERM@{job.signal_seconds}",
-               "--requeue"]
+    options = [
+        f"--job-name={job.name}",
+        f"--nodes={job.nodes}",
+        f"--ntasks-per-node={job.tasks_per_node}",
+        f"--chdir={REPOSITORY}",
+        f"--output={job.output}",
+        # Each attempt's output follows the previous one's instead of replacing it.
+        "--open-mode=append",
+        # SIGTERM to the trainers (the job's steps), so they checkpoint before the kill.
+        f"--signal=TERM@{job.signal_seconds}",
+        "--requeue",
+    ]
     if job.gpus_per_node:
         options.append(f"--gres=gpu:{job.gpus_per_node}")
     if job.cpus_per_task:
@@ -102,37 +123,48 @@ def batch_script(job: SlurmJob) -> str:
     # stopped, rather than waiting on a dead peer. Not --kill-on-bad-exit: it kills the others
     # the moment one exits 143, before they have exited 143 themselves, and srun then says 137.
     # --gpu-bind=none: each task sees its node's GPUs; the trainer takes its share of them.
-    srun = ["srun", "--distribution=block", f"--wait={PEERS_END_SECONDS}",
-            *(["--gpu-bind=none"] if job.gpus_per_node else []), *trainer]
-    return "\n".join([
-        "#!/bin/bash",
-        "# Written by python -m launch.slurm; submit it with sbatch.",
-        *(f"#SBATCH {option}" for option in options),
-        "",
-        'echo "launch.slurm: job $SLURM_JOB_ID attempt $((${SLURM_RESTART_COUNT:-0} + 1))'
-        ' on $SLURM_JOB_NODELIST"',
-        " ".join(map(shlex.quote, srun)),
-        "code=$?",
-        f"# {PREEMPTED_EXIT_CODE}: the trainers were preempted by SIGTERM and saved a "
-        "checkpoint;",
-        "# run the job again to resume from it. Any other failure stays failed.",
-        f"if [ $code -eq {PREEMPTED_EXIT_CODE} ]; then",
-        '    echo "launch.slurm: preempted (exit code $code); requeueing job $SLURM_JOB_ID"',
-        '    scontrol requeue "$SLURM_JOB_ID"',
-        "fi",
-        "exit $code",
-        ""])
+    srun = [
+        "srun",
+        "--distribution=block",
+        f"--wait={PEERS_END_SECONDS}",
+        *(["--gpu-bind=none"] if job.gpus_per_node else []),
+        *trainer,
+    ]
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            "# Written by python -m launch.slurm; submit it with sbatch.",
+            *(f"#SBATCH {option}" for option in options),
+            "",
+            'echo "launch.slurm: job $SLURM_JOB_ID attempt $((${SLURM_RESTART_COUNT:-0} + 1))'
+            ' on $SLURM_JOB_NODELIST"',
+            " ".join(map(shlex.quote, srun)),
+            "code=$?",
+            f"# {PREEMPTED_EXIT_CODE}: the trainers were preempted by SIGTERM and saved a "
+            "checkpoint;",
+            "# run the job again to resume from it. Any other failure stays failed.",
+            f"if [ $code -eq {PREEMPTED_EXIT_CODE} ]; then",
+            '    echo "launch.slurm: preempted (exit code $code); requeueing job $SLURM_JOB_ID"',
+            '    scontrol requeue "$SLURM_JOB_ID"',
+            "fi",
+            "exit $code",
+            "",
+        ]
+    )
 
 
 def submit(script: str, sbatch: str = "sbatch", env: dict | None = None) -> str:
     """Submits `script` with sbatch and returns the job id."""
     try:
-        done = subprocess.run([sbatch, "--parsable"], input=script, capture_output=True,
-                              text=True, env=env)
+        done = subprocess.run(
+            [sbatch, "--parsable"], input=script, capture_output=True, text=True, env=env
+        )
     except FileNotFoundError:
         raise LaunchError(f"--submit: {sbatch} not found; is this a Slurm login node?") from None
     if done.returncode:
         said = (done.stderr.strip() or done.stdout.strip()).splitlines()
-        raise LaunchError(f"--submit: sbatch failed (exit code {done.returncode}): "
-                          + "; ".join(line.strip() for line in said))  # One line.
+        raise LaunchError(
+            f"--submit: sbatch failed (exit code {done.returncode}): "
+            + "; ".join(line.strip() for line in said)
+        )  # One line.
     return done.stdout.strip().split(";")[0]  # --parsable: "<id>" or "<id>;<cluster>".

@@ -23,11 +23,15 @@ import trainer.common.terminal  # noqa: F401  # isort: split
 from launch.sweep_lib import exit_code, format_table, plan_sweep, run_sweep
 from launch.trainer_args import LaunchError
 
-flags.DEFINE_multi_string("grid", [], "A swept trainer flag and its values, "
-                          "<flag>=<value>,<value>,...; repeat for more flags.")
+flags.DEFINE_multi_string(
+    "grid",
+    [],
+    "A swept trainer flag and its values, <flag>=<value>,<value>,...; repeat for more flags.",
+)
 flags.DEFINE_string("sweep_dir", None, "Directory of the sweep: the trainers' --logdir.")
-flags.DEFINE_string("base_flagfile", None,
-                    "Trainer flagfile every run starts from; the grid's values override it.")
+flags.DEFINE_string(
+    "base_flagfile", None, "Trainer flagfile every run starts from; the grid's values override it."
+)
 flags.DEFINE_integer("parallel", 1, "Runs at once.")
 flags.register_validator("parallel", lambda n: n >= 1, "must be at least 1")
 

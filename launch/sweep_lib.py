@@ -46,18 +46,30 @@ LOG_FILE = "train.log"
 EXPERIMENT_SUFFIX = ".sweep_experiment"
 SESSION_SUFFIX = ".sweep_session"
 # {scalar tag the trainer logs: name in the HParams dashboard}.
-METRICS = {"eval/accuracy": "validation accuracy", "eval/loss": "validation loss",
-           "test/accuracy": "test accuracy", "test/loss": "test loss"}
+METRICS = {
+    "eval/accuracy": "validation accuracy",
+    "eval/loss": "validation loss",
+    "test/accuracy": "test accuracy",
+    "test/loss": "test loss",
+}
 # Trainer flags the sweep sets for every run, and what the user sets instead.
-SET_BY_SWEEP = {"logdir": "--sweep_dir",
-                "run_name": "the sweep, which names each run after its grid values"}
+SET_BY_SWEEP = {
+    "logdir": "--sweep_dir",
+    "run_name": "the sweep, which names each run after its grid values",
+}
 
 FINISHED, SKIPPED, FAILED, PREEMPTED, NOT_STARTED = (
-    "finished", "skipped (finished before)", "failed", "preempted", "not started")
+    "finished",
+    "skipped (finished before)",
+    "failed",
+    "preempted",
+    "not started",
+)
 
 
 class GridValue(NamedTuple):
     """One value of a swept flag, in the three forms it takes."""
+
     label: str  # In the run's name and the table: 0.001, 700x500, true.
     hparam: int | float | bool | str  # What the HParams dashboard shows and filters on.
     flag: str  # What the trainer is given: --hidden_sizes=700,500.
@@ -66,6 +78,7 @@ class GridValue(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class SweepRun:
     """One combination of the grid's values: a run directory of its own."""
+
     values: dict[str, GridValue]  # In the grid's order.
 
     @property
@@ -79,6 +92,7 @@ class SweepRun:
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """A checked sweep: nothing in it can fail before the trainers start."""
+
     sweep_dir: str
     grid: dict[str, tuple[GridValue, ...]]
     base_flagfile: str | None = None
@@ -86,8 +100,10 @@ class Sweep:
 
     @property
     def runs(self) -> list[SweepRun]:
-        return [SweepRun(dict(zip(self.grid, values)))
-                for values in itertools.product(*self.grid.values())]
+        return [
+            SweepRun(dict(zip(self.grid, values)))
+            for values in itertools.product(*self.grid.values())
+        ]
 
     def run_dir(self, run: SweepRun) -> str:
         return os.path.join(self.sweep_dir, run.name)
@@ -99,8 +115,13 @@ class Sweep:
         """The trainer's flags for `run`: later flags win in absl, so the grid's values override
         the base flagfile's."""
         base = [f"--flagfile={self.base_flagfile}"] if self.base_flagfile else []
-        return [*base, f"--logdir={self.sweep_dir}", f"--run_name={run.name}",
-                *self.trainer_args, *run.trainer_flags()]
+        return [
+            *base,
+            f"--logdir={self.sweep_dir}",
+            f"--run_name={run.name}",
+            *self.trainer_args,
+            *run.trainer_flags(),
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +132,12 @@ class RunReport:
     message: str = ""  # The trainer's last line, when the run did not finish.
 
 
-def plan_sweep(grid_entries: list[str], sweep_dir: str, base_flagfile: str | None = None,
-               trainer_args: list[str] = ()) -> Sweep:
+def plan_sweep(
+    grid_entries: list[str],
+    sweep_dir: str,
+    base_flagfile: str | None = None,
+    trainer_args: list[str] = (),
+) -> Sweep:
     """Checks every setting before anything is written; raises LaunchError naming the flag.
 
     A grid entry is `<trainer flag>=<value>,<value>,...`; a list flag's items are joined by
@@ -131,8 +156,12 @@ def plan_sweep(grid_entries: list[str], sweep_dir: str, base_flagfile: str | Non
         flag, values = _parse_grid_entry(entry, swept_by)
         grid[flag], swept_by[flag] = values, f"--grid={entry}"
     check_trainer_flag_names(list(trainer_args), {**SET_BY_SWEEP, **swept_by})
-    sweep = Sweep(os.path.abspath(sweep_dir), grid,
-                  os.path.abspath(base_flagfile) if base_flagfile else None, tuple(trainer_args))
+    sweep = Sweep(
+        os.path.abspath(sweep_dir),
+        grid,
+        os.path.abspath(base_flagfile) if base_flagfile else None,
+        tuple(trainer_args),
+    )
     for run in sweep.runs:
         # Every run's flags as its trainer will read them (values together, since one may bound
         # another, e.g. --warmup_epochs by --epochs), so that no run starts if any would fail.
@@ -156,8 +185,10 @@ _EXPECTED = {
 def _parse_grid_entry(entry: str, swept_by: dict[str, str]) -> tuple[str, tuple[GridValue, ...]]:
     match = re.fullmatch(r"(\w+)=(.*)", entry)
     if not match:
-        raise LaunchError(f"--grid={entry}: expected <trainer flag>=<value>,<value>,..., "
-                          "e.g. --grid=learning_rate=1e-3,2e-3")
+        raise LaunchError(
+            f"--grid={entry}: expected <trainer flag>=<value>,<value>,..., "
+            "e.g. --grid=learning_rate=1e-3,2e-3"
+        )
     flag, texts = match.group(1), match.group(2).split(",")
     check_trainer_flag(flag, f"--grid={entry}", SET_BY_SWEEP)
     if flag in swept_by:
@@ -170,8 +201,9 @@ def _parse_grid_entry(entry: str, swept_by: dict[str, str]) -> tuple[str, tuple[
         try:
             value = _grid_value(kind, text)
         except ValueError:
-            raise LaunchError(f"--grid={entry}: {text!r} is not a value of --{flag}: expected "
-                              f"{_EXPECTED[kind]}") from None
+            raise LaunchError(
+                f"--grid={entry}: {text!r} is not a value of --{flag}: expected {_EXPECTED[kind]}"
+            ) from None
         if value.label in [v.label for v in values]:
             raise LaunchError(f"--grid={entry}: {value.label} is listed twice")
         values.append(value)
@@ -212,6 +244,7 @@ def write_hparams(sweep: Sweep) -> None:
     The experiment is rewritten on every sweep so it lists the current grid: TensorBoard would
     show only one of several. A run's values follow from its name, so they are written once.
     """
+
     def write(directory, suffix, summary):
         writer = tf.summary.create_file_writer(directory, filename_suffix=suffix)
         with writer.as_default():
@@ -221,16 +254,28 @@ def write_hparams(sweep: Sweep) -> None:
     os.makedirs(sweep.sweep_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(sweep.sweep_dir, f"*{EXPERIMENT_SUFFIX}")):
         os.remove(stale)
-    write(sweep.sweep_dir, EXPERIMENT_SUFFIX, lambda: hp.hparams_config(
-        hparams=[hp.HParam(flag, hp.Discrete([value.hparam for value in values]))
-                 for flag, values in sweep.grid.items()],
-        metrics=[hp.Metric(tag, display_name=name) for tag, name in METRICS.items()]))
+    write(
+        sweep.sweep_dir,
+        EXPERIMENT_SUFFIX,
+        lambda: hp.hparams_config(
+            hparams=[
+                hp.HParam(flag, hp.Discrete([value.hparam for value in values]))
+                for flag, values in sweep.grid.items()
+            ],
+            metrics=[hp.Metric(tag, display_name=name) for tag, name in METRICS.items()],
+        ),
+    )
     for run in sweep.runs:
         run_dir = sweep.run_dir(run)
         if not glob.glob(os.path.join(run_dir, f"*{SESSION_SUFFIX}")):
             os.makedirs(run_dir, exist_ok=True)
-            write(run_dir, SESSION_SUFFIX, lambda: hp.hparams(
-                {flag: value.hparam for flag, value in run.values.items()}, trial_id=run.name))
+            write(
+                run_dir,
+                SESSION_SUFFIX,
+                lambda: hp.hparams(
+                    {flag: value.hparam for flag, value in run.values.items()}, trial_id=run.name
+                ),
+            )
 
 
 class _Launcher:
@@ -248,14 +293,22 @@ class _Launcher:
         self._running: set[subprocess.Popen] = set()
         # `-m trainer.train` must import from this repository whatever the working directory;
         # each trainer sets up its terminal from its own flags (terminal.user_environ).
-        self._env = dict(terminal.user_environ(), PYTHONPATH=os.pathsep.join(
-            filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])))
+        self._env = dict(
+            terminal.user_environ(),
+            PYTHONPATH=os.pathsep.join(
+                filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])
+            ),
+        )
 
     def stop(self, signum, frame) -> None:
         with self._lock:
             if not self.stopping.is_set():
-                print(f"{signal.Signals(signum).name}: stopping the running trainers at their "
-                      "next step; rerun the sweep to resume", file=self.out, flush=True)
+                print(
+                    f"{signal.Signals(signum).name}: stopping the running trainers at their "
+                    "next step; rerun the sweep to resume",
+                    file=self.out,
+                    flush=True,
+                )
             self.stopping.set()
             for process in self._running:
                 process.send_signal(signal.SIGTERM)
@@ -268,20 +321,28 @@ class _Launcher:
         run_dir = self.sweep.run_dir(run)
         result = files.read_result(run_dir)
         if result is not None:
-            self.say(f"skipped  {run.name}: finished before, test accuracy "
-                     f"{result['test_accuracy']:.4f}")
+            self.say(
+                f"skipped  {run.name}: finished before, test accuracy {result['test_accuracy']:.4f}"
+            )
             return RunReport(run, SKIPPED, result["test_accuracy"])
         command = self.sweep.command(run)
         with open(os.path.join(run_dir, LOG_FILE), "a") as log:
-            log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} "
-                      f"launch.sweep: {shlex.join(command)}\n")
+            log.write(
+                f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} "
+                f"launch.sweep: {shlex.join(command)}\n"
+            )
             log.flush()
             attempt_start = log.tell()
             with self._lock:  # A stop arriving now must not miss a trainer just started.
                 if self.stopping.is_set():
                     return RunReport(run, NOT_STARTED)
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                           env=self._env, start_new_session=True)
+                process = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self._env,
+                    start_new_session=True,
+                )
                 self._running.add(process)
                 print(f"started  {run.name}", file=self.out, flush=True)
             exit_code = process.wait()
@@ -323,8 +384,12 @@ def run_sweep(sweep: Sweep, parallel: int = 1, out=sys.stdout) -> list[RunReport
         raise LaunchError(f"--parallel={parallel}: must be at least 1")
     write_hparams(sweep)
     runs = sweep.runs
-    print(f"launch.sweep: {len(runs)} run{'s' * (len(runs) != 1)} in {sweep.sweep_dir}, "
-          f"{parallel} at a time; each run's output is in <run>/{LOG_FILE}", file=out, flush=True)
+    print(
+        f"launch.sweep: {len(runs)} run{'s' * (len(runs) != 1)} in {sweep.sweep_dir}, "
+        f"{parallel} at a time; each run's output is in <run>/{LOG_FILE}",
+        file=out,
+        flush=True,
+    )
     launcher = _Launcher(sweep, out)
     handled = (signal.SIGTERM, signal.SIGINT)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -348,12 +413,20 @@ def exit_code(reports: list[RunReport]) -> int:
 
 def format_table(sweep: Sweep, reports: list[RunReport]) -> str:
     """One row a run: its grid values, test accuracy and status; then where to look next."""
-    rows = [[*(value.label for value in report.run.values.values()),
-             "-" if report.test_accuracy is None else f"{report.test_accuracy:.4f}",
-             f"{report.status}: {report.message}" if report.message else report.status]
-            for report in reports]
+    rows = [
+        [
+            *(value.label for value in report.run.values.values()),
+            "-" if report.test_accuracy is None else f"{report.test_accuracy:.4f}",
+            f"{report.status}: {report.message}" if report.message else report.status,
+        ]
+        for report in reports
+    ]
     table = markdown_table([*sweep.grid, "test accuracy", "status"], rows)
-    logs = [f"log of {report.run.name}: {os.path.join(sweep.run_dir(report.run), LOG_FILE)}"
-            for report in reports if report.message]
-    return "\n".join([table, *logs, "TensorBoard (HParams tab): "
-                                    + tensorboard_command(sweep.sweep_dir)])
+    logs = [
+        f"log of {report.run.name}: {os.path.join(sweep.run_dir(report.run), LOG_FILE)}"
+        for report in reports
+        if report.message
+    ]
+    return "\n".join(
+        [table, *logs, "TensorBoard (HParams tab): " + tensorboard_command(sweep.sweep_dir)]
+    )

@@ -28,9 +28,12 @@ class LaunchError(OneLineError):
     """A launcher setting that cannot work; the message names the flag."""
 
 
-def check_trainer_args(args: list[str], set_by_launcher: dict[str, str],
-                       replicas: int | None = None,
-                       launcher_args: tuple[str, ...] = ()) -> list[str]:
+def check_trainer_args(
+    args: list[str],
+    set_by_launcher: dict[str, str],
+    replicas: int | None = None,
+    launcher_args: tuple[str, ...] = (),
+) -> list[str]:
     """Returns `args` (trainer flags given after `--`) once each is a trainer flag that the
     launcher does not set itself (see check_trainer_flag), or --verbosity, and the trainer
     would accept their values together with the flags the launcher gives it, `launcher_args`
@@ -43,8 +46,10 @@ def check_trainer_args(args: list[str], set_by_launcher: dict[str, str],
     config = trainer_config([*launcher_args, *args])
     if replicas is not None and config.batch_size % replicas:
         # The trainer's own words (trainer/inputs.py), said before any replica starts.
-        raise LaunchError(f"--batch_size={config.batch_size}: must be divisible by the "
-                          f"{replicas} replicas in sync")
+        raise LaunchError(
+            f"--batch_size={config.batch_size}: must be divisible by the "
+            f"{replicas} replicas in sync"
+        )
     return list(args)
 
 
@@ -54,8 +59,9 @@ def check_trainer_flag_names(args: list[str], set_by_launcher: dict[str, str]) -
     for arg in args:
         match = re.fullmatch(r"--(\w+)(=.*)?", arg)
         if not match:
-            raise LaunchError(f"trainer argument {arg!r}: expected --<trainer flag>=<value> "
-                              "after --")
+            raise LaunchError(
+                f"trainer argument {arg!r}: expected --<trainer flag>=<value> after --"
+            )
         name = match.group(1)
         if name.startswith("no") and TRAINER_FLAGS.get(name[2:]) is bool:  # --nodeterministic
             name = name[2:]
@@ -97,7 +103,9 @@ def check_trainer_flag(name: str, given_as: str, set_by_launcher: dict[str, str]
     so the error tells the user where that setting belongs.
     """
     if name not in TRAINER_FLAGS:
-        raise LaunchError(f"{given_as}: --{name} is not a trainer flag "
-                          "(python -m trainer.train --helpfull lists them)")
+        raise LaunchError(
+            f"{given_as}: --{name} is not a trainer flag "
+            "(python -m trainer.train --helpfull lists them)"
+        )
     if name in set_by_launcher:
         raise LaunchError(f"{given_as}: --{name} is set by {set_by_launcher[name]}")

@@ -26,9 +26,15 @@ class Dense(tf.Module):
     way in (mixed precision: the casts' gradients come back as float32 for the optimizer).
     """
 
-    def __init__(self, in_features: int, out_features: int, seed: tf.Tensor,
-                 activation=tf.identity, compute_dtype: tf.DType = tf.float32,
-                 name: str | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        seed: tf.Tensor,
+        activation=tf.identity,
+        compute_dtype: tf.DType = tf.float32,
+        name: str | None = None,
+    ):
         super().__init__(name=name)
         self.activation, self.compute_dtype = activation, compute_dtype
         with self.name_scope:
@@ -48,18 +54,31 @@ class MLP(tf.Module):
     reads the logits see float32 whatever the precision.
     """
 
-    def __init__(self, input_size: int, hidden_sizes: Sequence[int], num_classes: int,
-                 seed: int = 0, compute_dtype: tf.DType = tf.float32, name: str = "mlp"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_sizes: Sequence[int],
+        num_classes: int,
+        seed: int = 0,
+        compute_dtype: tf.DType = tf.float32,
+        name: str = "mlp",
+    ):
         super().__init__(name=name)
         if not hidden_sizes or min(hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be positive integers, got {list(hidden_sizes)}")
         sizes = [input_size, *hidden_sizes, num_classes]
         with self.name_scope:
             self.layers = [
-                Dense(fan_in, fan_out, seed=tf.constant([seed, index], tf.int64),
-                      activation=tf.nn.relu if index < len(hidden_sizes) else tf.identity,
-                      compute_dtype=compute_dtype, name=f"dense_{index}")
-                for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))]
+                Dense(
+                    fan_in,
+                    fan_out,
+                    seed=tf.constant([seed, index], tf.int64),
+                    activation=tf.nn.relu if index < len(hidden_sizes) else tf.identity,
+                    compute_dtype=compute_dtype,
+                    name=f"dense_{index}",
+                )
+                for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))
+            ]
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         for layer in self.layers:

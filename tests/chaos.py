@@ -59,15 +59,27 @@ flags.DEFINE_integer("kills", 10, "Kills of each job before it is let finish.", 
 flags.DEFINE_integer("seed", 0, "Seeds the moments and the signals.")
 flags.DEFINE_list("jobs", list(JOBS), f"Jobs to soak: {', '.join(JOBS)}.")
 flags.DEFINE_string("logdir", "", "Where the runs go; empty: a temporary directory.")
-flags.DEFINE_float("max_moment", 4.0, "A kill comes 0 to this many seconds after the run's "
-                   "first `run directory:` line (the process has loaded TensorFlow and its data).")
+flags.DEFINE_float(
+    "max_moment",
+    4.0,
+    "A kill comes 0 to this many seconds after the run's "
+    "first `run directory:` line (the process has loaded TensorFlow and its data).",
+)
 FLAGS = flags.FLAGS
 
 # 12 epochs of 100 steps of a small model, a checkpoint every 50 steps: long enough for kills to
 # land mid-run, short enough for minutes in all.
-CONFIG = TrainConfig(hidden_sizes=(64,), batch_size=500, epochs=12, learning_rate=3e-3,
-                     warmup_epochs=0.0, steps_per_loop=10, checkpoint_every_steps=50,
-                     data_source="bundled", deterministic=True)
+CONFIG = TrainConfig(
+    hidden_sizes=(64,),
+    batch_size=500,
+    epochs=12,
+    learning_rate=3e-3,
+    warmup_epochs=0.0,
+    steps_per_loop=10,
+    checkpoint_every_steps=50,
+    data_source="bundled",
+    deterministic=True,
+)
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM}
 
 
@@ -84,8 +96,7 @@ def start(job: str, logdir: str, run_name: str, kills: int = 0) -> subprocess.Po
     merged into one pipe; a healing job may restart itself `kills` times."""
     config = dataclasses.replace(CONFIG, logdir=logdir, run_name=run_name)
     if job == "replicas":
-        args = ("trainer.train", "--strategy=mirrored", "--cpu_replicas=2",
-                *command_line(config))
+        args = ("trainer.train", "--strategy=mirrored", "--cpu_replicas=2", *command_line(config))
     else:
         restarts = (f"--max_restarts={kills}",) if job == "healing" else ()
         args = ("launch.local", "--workers=2", *restarts, "--", *command_line(config))
@@ -99,8 +110,10 @@ RUN_STARTED = r"(\[worker 0\] )?[^[].*run directory:"
 def kill_session(process: subprocess.Popen) -> None:
     """SIGKILL to every process group of the session `process` leads, the job's (launch.local
     runs it in a group of its own) before the launcher's: all at once, as a lost node."""
-    groups = {os.getpgid(child.pid) for child in running(psutil.Process(process.pid).children(
-        recursive=True))}
+    groups = {
+        os.getpgid(child.pid)
+        for child in running(psutil.Process(process.pid).children(recursive=True))
+    }
     for group in sorted(groups - {process.pid}) + [process.pid]:
         with contextlib.suppress(ProcessLookupError):  # Ended meanwhile.
             os.killpg(group, signal.SIGKILL)
@@ -111,8 +124,9 @@ def resumed_from(output: str) -> int | None:
     return resumed and int(resumed.group(1))
 
 
-def run_once(job: str, logdir: str, run_name: str, kill: tuple[str, float] | None) -> tuple[
-        Attempt, str]:
+def run_once(
+    job: str, logdir: str, run_name: str, kill: tuple[str, float] | None
+) -> tuple[Attempt, str]:
     """One run of the job; with `kill` (signal name, seconds), that signal that long after the
     run's `run directory:` line, unless the run ended first."""
     process = start(job, logdir, run_name)
@@ -130,8 +144,7 @@ def run_once(job: str, logdir: str, run_name: str, kill: tuple[str, float] | Non
                     process.send_signal(signal.SIGTERM)
     returncode = process.wait(timeout=600)
     text = output.text()
-    return Attempt(sent, kill[1] if sent else None, resumed_from(text),
-                   exit_code(returncode)), text
+    return Attempt(sent, kill[1] if sent else None, resumed_from(text), exit_code(returncode)), text
 
 
 def heal(logdir: str, kills: int, rng: random.Random) -> tuple[list[Attempt], str]:
@@ -155,11 +168,14 @@ def heal(logdir: str, kills: int, rng: random.Random) -> tuple[list[Attempt], st
     returncode = process.wait(timeout=900)
     text = output.text()
     # An attempt's output ends with the launcher's line on the worker that ended it.
-    segments = re.split(r"^\[launcher\] worker \d exited with code (-?\d+); restarting.*\n",
-                        text, flags=re.M)
+    segments = re.split(
+        r"^\[launcher\] worker \d exited with code (-?\d+); restarting.*\n", text, flags=re.M
+    )
     codes = [exit_code(int(code)) for code in segments[1::2]] + [exit_code(returncode)]
-    return [Attempt(*(sent[i] if i < len(sent) else ("", None)), resumed_from(segment), code)
-            for i, (segment, code) in enumerate(zip(segments[::2], codes))], text
+    return [
+        Attempt(*(sent[i] if i < len(sent) else ("", None)), resumed_from(segment), code)
+        for i, (segment, code) in enumerate(zip(segments[::2], codes))
+    ], text
 
 
 def soak(job: str, logdir: str, kills: int, rng: random.Random) -> tuple[list[Attempt], str]:
@@ -167,8 +183,9 @@ def soak(job: str, logdir: str, kills: int, rng: random.Random) -> tuple[list[At
     final_step = CONFIG.epochs * (50_000 // CONFIG.batch_size)
     reference, output = run_once(job, logdir, f"{job}_reference", None)
     if reference.exit_code:
-        return [reference], f"FAILED: the uninterrupted run exited {reference.exit_code}:\n" + \
-            output[-3000:]
+        return [
+            reference
+        ], f"FAILED: the uninterrupted run exited {reference.exit_code}:\n" + output[-3000:]
     if job == "healing":
         attempts, output = heal(logdir, kills, rng)
         if attempts[-1].exit_code:
@@ -187,24 +204,31 @@ def soak(job: str, logdir: str, kills: int, rng: random.Random) -> tuple[list[At
         if attempt.exit_code == 0:
             break
         if not attempt.signal:
-            return attempts, (f"FAILED: attempt {len(attempts)} exited {attempt.exit_code} "
-                              f"unsignalled:\n{output[-3000:]}")
+            return attempts, (
+                f"FAILED: attempt {len(attempts)} exited {attempt.exit_code} "
+                f"unsignalled:\n{output[-3000:]}"
+            )
     else:
         return attempts, "FAILED: did not finish"
     verdict = compare_final_checkpoints(logdir, job, final_step)
-    lost = [f"attempt {i}: {a.signal} {a.moment:.2f} s after the run directory line, yet exit 0"
-            for i, a in enumerate(attempts, 1) if a.signal and a.exit_code == 0]
+    lost = [
+        f"attempt {i}: {a.signal} {a.moment:.2f} s after the run directory line, yet exit 0"
+        for i, a in enumerate(attempts, 1)
+        if a.signal and a.exit_code == 0
+    ]
     if lost:  # A scheduler's SIGTERM ignored: it kills the job 30 s later, unsaved.
         return attempts, f"FAILED: a signal was lost ({'; '.join(lost)}); weights {verdict}"
     return attempts, verdict
 
 
 def compare_final_checkpoints(logdir: str, job: str, final_step: int) -> str:
-    want = checkpoint_tensors(checkpoint_path(os.path.join(logdir, f"{job}_reference"),
-                                              final_step), WEIGHTS_AND_OPTIMIZER)
+    want = checkpoint_tensors(
+        checkpoint_path(os.path.join(logdir, f"{job}_reference"), final_step), WEIGHTS_AND_OPTIMIZER
+    )
     try:
-        got = checkpoint_tensors(checkpoint_path(os.path.join(logdir, f"{job}_chaos"),
-                                                 final_step), WEIGHTS_AND_OPTIMIZER)
+        got = checkpoint_tensors(
+            checkpoint_path(os.path.join(logdir, f"{job}_chaos"), final_step), WEIGHTS_AND_OPTIMIZER
+        )
         assert_same_tensors(got, want)
     except (AssertionError, ValueError) as e:
         return f"MISMATCH at step {final_step}: {str(e).splitlines()[0][:300]}"
@@ -220,12 +244,20 @@ def main(argv):
     for job in FLAGS.jobs:
         started = time.monotonic()
         attempts, verdict = soak(job, logdir, FLAGS.kills, rng)
-        rows = [(str(i), a.signal or "-", "-" if a.moment is None else f"{a.moment:.2f} s",
-                 "-" if a.resumed_from is None else str(a.resumed_from), str(a.exit_code))
-                for i, a in enumerate(attempts, 1)]
+        rows = [
+            (
+                str(i),
+                a.signal or "-",
+                "-" if a.moment is None else f"{a.moment:.2f} s",
+                "-" if a.resumed_from is None else str(a.resumed_from),
+                str(a.exit_code),
+            )
+            for i, a in enumerate(attempts, 1)
+        ]
         print(f"\n{job}: {len(attempts)} runs, {time.monotonic() - started:.0f} s\n")
-        print(markdown_table(("attempt", "signal", "moment", "resumed from step", "exit code"),
-                             rows))
+        print(
+            markdown_table(("attempt", "signal", "moment", "resumed from step", "exit code"), rows)
+        )
         print(f"\n{job}: {verdict}")
         verdicts.append((job, str(sum(bool(a.signal) for a in attempts)), verdict))
         failed |= not verdict.startswith("bitwise equal")

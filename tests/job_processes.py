@@ -61,9 +61,11 @@ def tf_config(process: psutil.Process) -> dict | None:
 def workers_of(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
     """{index: process} of the workers a launch.local process has started, by the task their
     TF_CONFIG names (the job's own process sits between, in its network namespace)."""
-    return {config["task"]["index"]: process
-            for process in running(psutil.Process(launcher.pid).children(recursive=True))
-            if (config := tf_config(process))}
+    return {
+        config["task"]["index"]: process
+        for process in running(psutil.Process(launcher.pid).children(recursive=True))
+        if (config := tf_config(process))
+    }
 
 
 def running(processes: list[psutil.Process]) -> list[psutil.Process]:

@@ -21,8 +21,7 @@ import time
 
 from launch.ports import free_ports
 
-PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue",
-            "scancel")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue", "scancel")
 NODE = "localhost"
 
 _CONF = """\
@@ -84,23 +83,38 @@ class SlurmCluster:
     def _start_daemons(self, timeout: float) -> "SlurmCluster":
         missing = [p for p in PROGRAMS if shutil.which(p) is None]
         if missing:
-            raise RuntimeError(f"Slurm is not installed (no {', '.join(missing)}): "
-                               "apt-get install slurm-wlm munge, as `make test` does")
+            raise RuntimeError(
+                f"Slurm is not installed (no {', '.join(missing)}): "
+                "apt-get install slurm-wlm munge, as `make test` does"
+            )
         for sub in ("munge", "state", "spool"):
             (self.dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         key = self.dir / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         socket = self.dir / "munge" / "munge.socket"
-        self._start("munged", "--foreground", "--force", f"--socket={socket}",
-                    f"--key-file={key}", f"--pid-file={self.dir / 'munge' / 'munged.pid'}",
-                    f"--log-file={self.dir / 'munge' / 'munged.log'}",
-                    f"--seed-file={self.dir / 'munge' / 'munged.seed'}")
+        self._start(
+            "munged",
+            "--foreground",
+            "--force",
+            f"--socket={socket}",
+            f"--key-file={key}",
+            f"--pid-file={self.dir / 'munge' / 'munged.pid'}",
+            f"--log-file={self.dir / 'munge' / 'munged.log'}",
+            f"--seed-file={self.dir / 'munge' / 'munged.seed'}",
+        )
         _wait_for(socket.exists, timeout, "munged's socket", self.dir / "munge" / "munged.log")
         ctld_port, slurmd_port = free_ports(2)
-        self.conf.write_text(_CONF.format(
-            node=NODE, ctld_port=ctld_port, slurmd_port=slurmd_port, munge_socket=socket,
-            dir=self.dir, cpus=os.cpu_count()))
+        self.conf.write_text(
+            _CONF.format(
+                node=NODE,
+                ctld_port=ctld_port,
+                slurmd_port=slurmd_port,
+                munge_socket=socket,
+                dir=self.dir,
+                cpus=os.cpu_count(),
+            )
+        )
         # -D: in the foreground, so these are the processes to stop; -i/-c: a fresh state.
         self._start("slurmctld", "-D", "-c", "-i", "-f", self.conf)
         self._start("slurmd", "-D", "-N", NODE, "-f", self.conf)
@@ -109,8 +123,14 @@ class SlurmCluster:
 
     def run(self, *args, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         """A Slurm client command against this cluster."""
-        return subprocess.run(list(map(str, args)), env=self.env, capture_output=True, text=True,
-                              check=check, timeout=timeout)
+        return subprocess.run(
+            list(map(str, args)),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
 
     def job(self, job_id: str) -> dict[str, str]:
         """scontrol's fields of a job: JobState, ExitCode, Restarts, ..."""
@@ -125,8 +145,9 @@ class SlurmCluster:
             if job["JobState"] in states:
                 return job
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['JobState']} after {timeout} s, "
-                                   f"not {states}: {job}")
+                raise TimeoutError(
+                    f"job {job_id} still {job['JobState']} after {timeout} s, not {states}: {job}"
+                )
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -149,8 +170,11 @@ class SlurmCluster:
 
     def _start(self, program: str, *args) -> None:
         log = open(self.dir / f"{program}.out", "w")
-        self._processes.append(subprocess.Popen([program, *map(str, args)], env=self.env,
-                                                stdout=log, stderr=subprocess.STDOUT))
+        self._processes.append(
+            subprocess.Popen(
+                [program, *map(str, args)], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
         log.close()
 
     def _jobs(self) -> list[str]:
@@ -165,8 +189,9 @@ class SlurmCluster:
     def _node_is_idle(self) -> bool:
         for process in self._processes:
             if process.poll() is not None:
-                raise RuntimeError(f"{process.args[0]} exited with {process.returncode}: "
-                                   f"see {self.dir}")
+                raise RuntimeError(
+                    f"{process.args[0]} exited with {process.returncode}: see {self.dir}"
+                )
         state = self.run("sinfo", "--noheader", "--format=%T", check=False, timeout=10)
         return state.stdout.strip() == "idle"
 

@@ -14,8 +14,10 @@ from trainer.distribution import strategies
 
 @pytest.fixture(scope="module")
 def trainer():
-    return OurTrainer(strategies.create_strategy("one_device"),
-                      dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000))
+    return OurTrainer(
+        strategies.create_strategy("one_device"),
+        dataclasses.replace(TrainConfig(), hidden_sizes=(16,), batch_size=1000),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,10 @@ def test_matmuls_and_the_xla_compiled_update_are_found(profile):
 
 
 def test_top_ops_are_the_largest_op_types_in_decreasing_order(profile):
-    top = [profile[f"b1000_top{rank}_op"].rsplit(" ", 1)
-           for rank in range(1, bench_profile.TOP_OPS + 1)]
+    top = [
+        profile[f"b1000_top{rank}_op"].rsplit(" ", 1)
+        for rank in range(1, bench_profile.TOP_OPS + 1)
+    ]
     kinds = [kind for kind, _ in top]
     shares = [int(percent.removesuffix("%")) / 100 for _, percent in top]
     assert len(set(kinds)) == len(kinds)  # Each op type once.

@@ -32,7 +32,8 @@ def test_measure_skips_the_warm_up_run_and_pairs_rounds_for_ratios():
     # The first runs (100 s, warm-ups) are left out. Load from elsewhere slows rounds 2 and 3
     # unevenly; within each round a is at least twice as fast as b.
     rates = bench_training.measure(
-        {"a": _Fake(60, [100, 6, 30, 10]), "b": _Fake(60, [100, 12, 60, 30])}, rounds=3)
+        {"a": _Fake(60, [100, 6, 30, 10]), "b": _Fake(60, [100, 12, 60, 30])}, rounds=3
+    )
     assert rates == {"a": [10.0, 2.0, 6.0], "b": [5.0, 1.0, 2.0]}
     assert rates.median("a") == 6.0
     # Paired ratios 2, 2, 3; the ratio of the medians (6 / 2 = 3) would overstate it.
@@ -51,8 +52,9 @@ def test_time_to_accuracy_reports_a_target_missed_and_the_best_accuracy():
 
 def test_our_trainer_on_two_replicas_trains_an_epoch_of_whole_batches():
     # Calls of 20 steps, as the trainer runs them: 20 + 20 + 10 make the epoch's 50.
-    trainer = bench_training.OurTrainer(strategies.create_strategy("mirrored", 2),
-                                        dataclasses.replace(SMALL, steps_per_loop=20))
+    trainer = bench_training.OurTrainer(
+        strategies.create_strategy("mirrored", 2), dataclasses.replace(SMALL, steps_per_loop=20)
+    )
     assert trainer.replicas == 2
     assert trainer.steps_per_epoch == 50 and trainer.work == 50_000
     assert int(trainer.state.optimizer.iterations.numpy()) == 0

@@ -29,116 +29,241 @@ TAKEN = "taken.json"  # An existing file for an output that must be new.
 OTHER_SUITE = "other"  # A convergence suite's logdir with other settings in it.
 
 CASES = [
-    BadInput("trainer.train", "--learning_rate=-1",
-             "trainer.train: error: --learning_rate=-1.0: must be a positive number"),
-    BadInput("trainer.train", "--batch_size=0",
-             "trainer.train: error: --batch_size=0: must be at least 1"),
-    BadInput("trainer.train", "--hidden_sizes=",
-             "trainer.train: error: --hidden_sizes=: must be a comma-separated list"),
-    BadInput("trainer.train", "--hidden_sizes=700,x",
-             "--hidden_sizes=700,x: must be comma-separated integers"),
-    BadInput("trainer.train", "--profile_steps=20,10",
-             "--profile_steps=20,10: must be START,END with 0 <= START < END"),
+    BadInput(
+        "trainer.train",
+        "--learning_rate=-1",
+        "trainer.train: error: --learning_rate=-1.0: must be a positive number",
+    ),
+    BadInput(
+        "trainer.train",
+        "--batch_size=0",
+        "trainer.train: error: --batch_size=0: must be at least 1",
+    ),
+    BadInput(
+        "trainer.train",
+        "--hidden_sizes=",
+        "trainer.train: error: --hidden_sizes=: must be a comma-separated list",
+    ),
+    BadInput(
+        "trainer.train",
+        "--hidden_sizes=700,x",
+        "--hidden_sizes=700,x: must be comma-separated integers",
+    ),
+    BadInput(
+        "trainer.train",
+        "--profile_steps=20,10",
+        "--profile_steps=20,10: must be START,END with 0 <= START < END",
+    ),
     BadInput("trainer.train", "--optimizer=sgd", "flag --optimizer=sgd: value should be one of"),
     BadInput("trainer.train", "--strategy=tpu", "flag --strategy=tpu: value should be one of"),
-    BadInput("trainer.train", "--cpu_replicas=0",
-             "trainer.train: error: --cpu_replicas=0: must be at least 1"),
+    BadInput(
+        "trainer.train",
+        "--cpu_replicas=0",
+        "trainer.train: error: --cpu_replicas=0: must be at least 1",
+    ),
     BadInput("trainer.train", "--epochs=0", "trainer.train: error: --epochs=0: must be at least 1"),
-    BadInput("trainer.train", "--strategy=one_device --cpu_replicas=2",
-             "trainer.train: error: --cpu_replicas=2: --strategy=one_device trains on one device"),
-    BadInput("trainer.train", "--cpu_replicas=2 --batch_size=129",
-             "trainer.train: error: --batch_size=129: must be divisible by the 2 replicas"),
-    BadInput("trainer.train", f"--logdir={A_FILE}",
-             f"trainer.train: error: --logdir={A_FILE}: is a file, not a directory"),
-    BadInput("trainer.train", "--logdir=/proc/no_such_logdir",
-             "trainer.train: error: --logdir=/proc/no_such_logdir: cannot create"),
-    BadInput("trainer.train", "--checkpoint_every_steps=-1",
-             "trainer.train: error: --checkpoint_every_steps=-1: must be 0 (epoch ends only)"),
-    BadInput("trainer.train", "--nonfinite_retries=-1",
-             "trainer.train: error: --nonfinite_retries=-1: must be 0 or more"),
-    BadInput("trainer.train", "--warmup_epochs=10",
-             "trainer.train: error: --warmup_epochs=10.0: must be at least 0 and less than "
-             "--epochs"),
-    BadInput("trainer.train", "--precision=float8",
-             "flag --precision=float8: value should be one of"),
-    BadInput("trainer.train", "epochs=2",
-             "trainer.train: error: unexpected argument 'epochs=2': settings are flags"),
-    BadInput("trainer.train", "--epochs=1 --warmup_epochs=1",
-             "trainer.train: error: --warmup_epochs=1.0: must be at least 0 and less than "
-             "--epochs"),
-    BadInput("trainer.convergence", "adam",
-             "trainer.convergence: error: unexpected argument 'adam': settings are flags"),
-    BadInput("trainer.bench", "throughput",
-             "trainer.bench: error: unexpected argument 'throughput': settings are flags"),
-    BadInput("trainer.train", "--strategy=multi_worker",
-             "trainer.train: error: TF_CONFIG is not set"),
-    BadInput("trainer.train", "--strategy=multi_worker",
-             "trainer.train: error: TF_CONFIG is malformed", tf_config="{not json"),
-    BadInput("trainer.train", "--strategy=multi_worker", "is not in its cluster",
-             tf_config='{"cluster": {"worker": ["127.0.0.1:1"]}, '
-                       '"task": {"type": "worker", "index": 3}}'),
-    BadInput("trainer.convergence", "--optimizers=gd,sgd",
-             "flag --optimizers=['gd', 'sgd']: must be distinct names of: gd, momentum, adam"),
-    BadInput("trainer.convergence", "--learning_rates=0.1,-0.1",
-             "flag --learning_rates=[0.1, -0.1]: must be distinct positive float32 numbers"),
+    BadInput(
+        "trainer.train",
+        "--strategy=one_device --cpu_replicas=2",
+        "trainer.train: error: --cpu_replicas=2: --strategy=one_device trains on one device",
+    ),
+    BadInput(
+        "trainer.train",
+        "--cpu_replicas=2 --batch_size=129",
+        "trainer.train: error: --batch_size=129: must be divisible by the 2 replicas",
+    ),
+    BadInput(
+        "trainer.train",
+        f"--logdir={A_FILE}",
+        f"trainer.train: error: --logdir={A_FILE}: is a file, not a directory",
+    ),
+    BadInput(
+        "trainer.train",
+        "--logdir=/proc/no_such_logdir",
+        "trainer.train: error: --logdir=/proc/no_such_logdir: cannot create",
+    ),
+    BadInput(
+        "trainer.train",
+        "--checkpoint_every_steps=-1",
+        "trainer.train: error: --checkpoint_every_steps=-1: must be 0 (epoch ends only)",
+    ),
+    BadInput(
+        "trainer.train",
+        "--nonfinite_retries=-1",
+        "trainer.train: error: --nonfinite_retries=-1: must be 0 or more",
+    ),
+    BadInput(
+        "trainer.train",
+        "--warmup_epochs=10",
+        "trainer.train: error: --warmup_epochs=10.0: must be at least 0 and less than --epochs",
+    ),
+    BadInput(
+        "trainer.train", "--precision=float8", "flag --precision=float8: value should be one of"
+    ),
+    BadInput(
+        "trainer.train",
+        "epochs=2",
+        "trainer.train: error: unexpected argument 'epochs=2': settings are flags",
+    ),
+    BadInput(
+        "trainer.train",
+        "--epochs=1 --warmup_epochs=1",
+        "trainer.train: error: --warmup_epochs=1.0: must be at least 0 and less than --epochs",
+    ),
+    BadInput(
+        "trainer.convergence",
+        "adam",
+        "trainer.convergence: error: unexpected argument 'adam': settings are flags",
+    ),
+    BadInput(
+        "trainer.bench",
+        "throughput",
+        "trainer.bench: error: unexpected argument 'throughput': settings are flags",
+    ),
+    BadInput(
+        "trainer.train", "--strategy=multi_worker", "trainer.train: error: TF_CONFIG is not set"
+    ),
+    BadInput(
+        "trainer.train",
+        "--strategy=multi_worker",
+        "trainer.train: error: TF_CONFIG is malformed",
+        tf_config="{not json",
+    ),
+    BadInput(
+        "trainer.train",
+        "--strategy=multi_worker",
+        "is not in its cluster",
+        tf_config='{"cluster": {"worker": ["127.0.0.1:1"]}, '
+        '"task": {"type": "worker", "index": 3}}',
+    ),
+    BadInput(
+        "trainer.convergence",
+        "--optimizers=gd,sgd",
+        "flag --optimizers=['gd', 'sgd']: must be distinct names of: gd, momentum, adam",
+    ),
+    BadInput(
+        "trainer.convergence",
+        "--learning_rates=0.1,-0.1",
+        "flag --learning_rates=[0.1, -0.1]: must be distinct positive float32 numbers",
+    ),
     BadInput("trainer.convergence", "--max_iters=0", "flag --max_iters=0: must be at least 1"),
-    BadInput("trainer.convergence", "--init_val=nan",
-             "flag --init_val=nan: must be a finite float32 number"),
+    BadInput(
+        "trainer.convergence",
+        "--init_val=nan",
+        "flag --init_val=nan: must be a finite float32 number",
+    ),
     BadInput("trainer.convergence", f"--json={TAKEN}", f"flag --json={TAKEN}: already exists"),
-    BadInput("trainer.convergence", f"--logdir={OTHER_SUITE}",
-             f"trainer.convergence: error: --logdir={OTHER_SUITE}: holds a suite run with other "
-             "settings"),
-    BadInput("launch.sweep", "--sweep_dir=new --grid=learning_rate",
-             "launch.sweep: error: --grid=learning_rate: expected <trainer flag>=<value>"),
-    BadInput("launch.sweep", "--sweep_dir=new --grid=seed=1 --parallel=0",
-             "flag --parallel=0: must be at least 1"),
-    BadInput("launch.sweep", "--sweep_dir=new --grid=optimizer=sgd",
-             "launch.sweep: error: run optimizer=sgd: --optimizer=sgd: value should be one of"),
-    BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 --workers=0",
-             "launch.kubernetes: error: --workers=0: must be at least 1 (the chief)"),
+    BadInput(
+        "trainer.convergence",
+        f"--logdir={OTHER_SUITE}",
+        f"trainer.convergence: error: --logdir={OTHER_SUITE}: holds a suite run with other "
+        "settings",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --grid=learning_rate",
+        "launch.sweep: error: --grid=learning_rate: expected <trainer flag>=<value>",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --grid=seed=1 --parallel=0",
+        "flag --parallel=0: must be at least 1",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --grid=optimizer=sgd",
+        "launch.sweep: error: run optimizer=sgd: --optimizer=sgd: value should be one of",
+    ),
+    BadInput(
+        "launch.kubernetes",
+        "--claim=mlp-runs --image=mlp:1 --workers=0",
+        "launch.kubernetes: error: --workers=0: must be at least 1 (the chief)",
+    ),
     BadInput("launch.local", "--workers=0", "flag --workers=0: 0 is not a positive integer"),
-    BadInput("launch.local", "--max_restarts=-1",
-             "flag --max_restarts=-1: -1 is not a non-negative integer"),
+    BadInput(
+        "launch.local",
+        "--max_restarts=-1",
+        "flag --max_restarts=-1: -1 is not a non-negative integer",
+    ),
     # Trainer values are checked by the trainer's own flags before anything starts.
-    BadInput("launch.kubernetes",
-             "--claim=mlp-runs --image=mlp:1 --workers=4 --gpus_per_worker=1 -- --batch_size=510",
-             "launch.kubernetes: error: --batch_size=510: must be divisible by the 4 replicas"),
-    BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 -- --epochs=0",
-             "launch.kubernetes: error: --epochs=0: must be at least 1"),
+    BadInput(
+        "launch.kubernetes",
+        "--claim=mlp-runs --image=mlp:1 --workers=4 --gpus_per_worker=1 -- --batch_size=510",
+        "launch.kubernetes: error: --batch_size=510: must be divisible by the 4 replicas",
+    ),
+    BadInput(
+        "launch.kubernetes",
+        "--claim=mlp-runs --image=mlp:1 -- --epochs=0",
+        "launch.kubernetes: error: --epochs=0: must be at least 1",
+    ),
     # Checked together with the --strategy=multi_worker the launcher gives every trainer.
-    BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 -- --cpu_replicas=2",
-             "launch.kubernetes: error: --cpu_replicas=2: --strategy=multi_worker trains on one "
-             "device"),
-    BadInput("launch.kubernetes", "--claim=mlp-runs --image=mlp:1 --engine=job",
-             "flag --engine=job: value should be one of <tfjob|indexed-job>"),
-    BadInput("launch.local", "--workers=2 -- --batch_size=129",
-             "launch.local: error: --batch_size=129: must be divisible by the 2 replicas"),
-    BadInput("launch.local", "-- --optimizer=sgd",
-             "launch.local: error: --optimizer=sgd: value should be one of"),
+    BadInput(
+        "launch.kubernetes",
+        "--claim=mlp-runs --image=mlp:1 -- --cpu_replicas=2",
+        "launch.kubernetes: error: --cpu_replicas=2: --strategy=multi_worker trains on one device",
+    ),
+    BadInput(
+        "launch.kubernetes",
+        "--claim=mlp-runs --image=mlp:1 --engine=job",
+        "flag --engine=job: value should be one of <tfjob|indexed-job>",
+    ),
+    BadInput(
+        "launch.local",
+        "--workers=2 -- --batch_size=129",
+        "launch.local: error: --batch_size=129: must be divisible by the 2 replicas",
+    ),
+    BadInput(
+        "launch.local",
+        "-- --optimizer=sgd",
+        "launch.local: error: --optimizer=sgd: value should be one of",
+    ),
     BadInput("launch.slurm", "--nodes=0", "launch.slurm: error: --nodes=0: must be at least 1"),
-    BadInput("launch.slurm", "--tasks_per_node=0",
-             "launch.slurm: error: --tasks_per_node=0: must be at least 1"),
-    BadInput("launch.slurm", "--gpus_per_node=-1",
-             "launch.slurm: error: --gpus_per_node=-1: must be 0 (CPU only) or more"),
-    BadInput("launch.slurm", "--tasks_per_node=2 --gpus_per_node=3",
-             "launch.slurm: error: --gpus_per_node=3: must divide equally among the "
-             "--tasks_per_node=2 tasks"),
-    BadInput("launch.slurm", "--submit -- --strategy=mirrored",
-             "launch.slurm: error: trainer argument --strategy=mirrored: --strategy is set by "
-             "launch.slurm (--strategy=multi_worker)"),
-    BadInput("launch.slurm", "--submit -- --epoch=2",
-             "launch.slurm: error: trainer argument --epoch=2: --epoch is not a trainer flag"),
-    BadInput("launch.slurm", "--nodes=2 --gpus_per_node=4 -- --batch_size=100",
-             "launch.slurm: error: --batch_size=100: must be divisible by the 8 replicas"),
-    BadInput("launch.slurm", f"--script={A_FILE}/job.sh",
-             f"launch.slurm: error: --script={A_FILE}/job.sh: Not a directory"),
+    BadInput(
+        "launch.slurm",
+        "--tasks_per_node=0",
+        "launch.slurm: error: --tasks_per_node=0: must be at least 1",
+    ),
+    BadInput(
+        "launch.slurm",
+        "--gpus_per_node=-1",
+        "launch.slurm: error: --gpus_per_node=-1: must be 0 (CPU only) or more",
+    ),
+    BadInput(
+        "launch.slurm",
+        "--tasks_per_node=2 --gpus_per_node=3",
+        "launch.slurm: error: --gpus_per_node=3: must divide equally among the "
+        "--tasks_per_node=2 tasks",
+    ),
+    BadInput(
+        "launch.slurm",
+        "--submit -- --strategy=mirrored",
+        "launch.slurm: error: trainer argument --strategy=mirrored: --strategy is set by "
+        "launch.slurm (--strategy=multi_worker)",
+    ),
+    BadInput(
+        "launch.slurm",
+        "--submit -- --epoch=2",
+        "launch.slurm: error: trainer argument --epoch=2: --epoch is not a trainer flag",
+    ),
+    BadInput(
+        "launch.slurm",
+        "--nodes=2 --gpus_per_node=4 -- --batch_size=100",
+        "launch.slurm: error: --batch_size=100: must be divisible by the 8 replicas",
+    ),
+    BadInput(
+        "launch.slurm",
+        f"--script={A_FILE}/job.sh",
+        f"launch.slurm: error: --script={A_FILE}/job.sh: Not a directory",
+    ),
 ]
 
 
 def contents(directory) -> dict[str, bytes | None]:
     """{path: its bytes, or None for a directory} of everything under `directory`."""
-    return {str(path.relative_to(directory)): None if path.is_dir() else path.read_bytes()
-            for path in sorted(directory.rglob("*"))}
+    return {
+        str(path.relative_to(directory)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +277,18 @@ def outcomes(tmp_path_factory):
         (workdir / TAKEN).write_text("{}")
         (workdir / OTHER_SUITE).mkdir()
         (workdir / OTHER_SUITE / SETTINGS_FILE).write_text(
-            json.dumps(dataclasses.asdict(SuiteSettings(init_val=1.0))))
+            json.dumps(dataclasses.asdict(SuiteSettings(init_val=1.0)))
+        )
         case_env = env if case.tf_config is None else {**env, "TF_CONFIG": case.tf_config}
-        started[case] = (workdir, contents(workdir),
-                         start_module(case.module, *case.args.split(), cwd=workdir, env=case_env))
-    return {case: (workdir, before, finish(process))
-            for case, (workdir, before, process) in started.items()}
+        started[case] = (
+            workdir,
+            contents(workdir),
+            start_module(case.module, *case.args.split(), cwd=workdir, env=case_env),
+        )
+    return {
+        case: (workdir, before, finish(process))
+        for case, (workdir, before, process) in started.items()
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

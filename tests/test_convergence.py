@@ -25,10 +25,14 @@ OPTIMIZERS = ("gd", "momentum", "adam")
 
 # The notebook's published table: (outcome, iteration) per (optimizer, learning rate).
 PUBLISHED = {
-    ("gd", 1e-3): (EXCEEDED, 2000), ("gd", 1e-2): (EXCEEDED, 2000), ("gd", 1e-1): (EXPLODED, 6),
-    ("momentum", 1e-3): (EXCEEDED, 2000), ("momentum", 1e-2): (CONVERGED, 80),
+    ("gd", 1e-3): (EXCEEDED, 2000),
+    ("gd", 1e-2): (EXCEEDED, 2000),
+    ("gd", 1e-1): (EXPLODED, 6),
+    ("momentum", 1e-3): (EXCEEDED, 2000),
+    ("momentum", 1e-2): (CONVERGED, 80),
     ("momentum", 1e-1): (EXPLODED, 6),
-    ("adam", 1e-3): (EXCEEDED, 2000), ("adam", 1e-2): (EXCEEDED, 2000),
+    ("adam", 1e-3): (EXCEEDED, 2000),
+    ("adam", 1e-2): (EXCEEDED, 2000),
     ("adam", 1e-1): (CONVERGED, 1156),
 }
 
@@ -36,8 +40,10 @@ PUBLISHED = {
 def test_reproduces_the_published_table():
     results = ConvergenceSuite(OPTIMIZERS, (1e-3, 1e-2, 1e-1))(init_val=2.0, max_iters=2000)
     assert {key: (r.outcome, r.iteration) for key, r in results.items()} == PUBLISHED
-    rows = [[cell.strip() for cell in line.strip("|").split("|")]
-            for line in format_table(results).splitlines()]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in format_table(results).splitlines()
+    ]
     assert rows[0] == ["optimizer", "lr 0.001", "lr 0.01", "lr 0.1"]
     assert rows[2:] == [
         ["gradient descent", "exceeded 2000", "exceeded 2000", "exploded at iteration 6"],
@@ -50,19 +56,25 @@ def test_reproduces_the_published_table():
 # large rates), and each catches a way to get the rounding wrong: with grappler's rewrites on,
 # the first three differ from the notebook; with nine runs in one vector (full SIMD packets),
 # the last does.
-@pytest.mark.parametrize("init_val, max_iters, learning_rates", [
-    (-0.5, 300, (1e-2, 1e-1)),
-    (1.0, 200, (0.05,)),
-    (0.3, 150, (3e-3, 0.02, 0.2, 0.5, 1.0)),
-    (-0.5, 100, (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09)),
-])
+@pytest.mark.parametrize(
+    "init_val, max_iters, learning_rates",
+    [
+        (-0.5, 300, (1e-2, 1e-1)),
+        (1.0, 200, (0.05,)),
+        (0.3, 150, (3e-3, 0.02, 0.2, 0.5, 1.0)),
+        (-0.5, 100, (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09)),
+    ],
+)
 def test_matches_the_notebook_bit_for_bit(init_val, max_iters, learning_rates):
     expected = notebook.run_suite(OPTIMIZERS, learning_rates, init_val, max_iters)
     results = ConvergenceSuite(OPTIMIZERS, learning_rates)(init_val, max_iters)
     assert list(results) == list(expected)
     for key, result in results.items():
         assert (result.outcome, result.iteration, result.final) == (
-            expected[key].outcome, expected[key].iteration, expected[key].final), key
+            expected[key].outcome,
+            expected[key].iteration,
+            expected[key].final,
+        ), key
         np.testing.assert_array_equal(result.path, expected[key].path, err_msg=str(key))
 
 
@@ -80,16 +92,25 @@ def test_traces_once_and_every_call_starts_afresh():
 
 def test_entry_point_writes_json_pictures_and_events(tmp_path):
     logdir, json_path = tmp_path / "logs", tmp_path / "results.json"
-    done = run_module("trainer.convergence", f"--logdir={logdir}", f"--json={json_path}",
-                      "--max_iters=100", "--learning_rates=0.01,0.1")
+    done = run_module(
+        "trainer.convergence",
+        f"--logdir={logdir}",
+        f"--json={json_path}",
+        "--max_iters=100",
+        "--learning_rates=0.01,0.1",
+    )
     assert done.returncode == 0, done.stderr
     assert "| momentum " in done.stdout and "| converged in 80 iterations |" in done.stdout
 
     results = json.loads(json_path.read_text())
     assert {key: (r["outcome"], r["iteration"]) for key, r in results.items()} == {
-        "gd@0.01": (EXCEEDED, 100), "gd@0.1": (EXPLODED, 6),
-        "momentum@0.01": (CONVERGED, 80), "momentum@0.1": (EXPLODED, 6),
-        "adam@0.01": (EXCEEDED, 100), "adam@0.1": (EXCEEDED, 100)}
+        "gd@0.01": (EXCEEDED, 100),
+        "gd@0.1": (EXPLODED, 6),
+        "momentum@0.01": (CONVERGED, 80),
+        "momentum@0.1": (EXPLODED, 6),
+        "adam@0.01": (EXCEEDED, 100),
+        "adam@0.1": (EXCEEDED, 100),
+    }
     assert results["gd@0.1"]["final"] is None
     assert results["momentum@0.01"]["final"] == pytest.approx(-9 / 8, abs=1e-3)
 
@@ -97,8 +118,12 @@ def test_entry_point_writes_json_pictures_and_events(tmp_path):
         assert (logdir / f"{picture}.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     top = summaries(logdir)
     assert {tag: (summary.plugin, len(summary.steps)) for tag, summary in top.items()} == {
-        "loss_function": ("images", 1), "paths/gd": ("images", 1),
-        "paths/momentum": ("images", 1), "paths/adam": ("images", 1), "table": ("text", 1)}
+        "loss_function": ("images", 1),
+        "paths/gd": ("images", 1),
+        "paths/momentum": ("images", 1),
+        "paths/adam": ("images", 1),
+        "table": ("text", 1),
+    }
 
     run = summaries(logdir / "momentum@0.01")
     assert set(run) == {"x", "loss", "outcome"}
@@ -133,11 +158,12 @@ def test_the_bench_section_finds_the_compiled_suite_faster_with_the_same_answers
 
 
 @pytest.mark.parametrize("field", ["outcome", "iteration", "final"])
-def test_the_bench_section_reports_when_the_compiled_suite_answers_differently(
-        field, monkeypatch):
-    change = {"outcome": lambda r: dataclasses.replace(r, outcome=EXCEEDED),
-              "iteration": lambda r: dataclasses.replace(r, iteration=r.iteration - 1),
-              "final": lambda r: dataclasses.replace(r, path=r.path + 1)}[field]
+def test_the_bench_section_reports_when_the_compiled_suite_answers_differently(field, monkeypatch):
+    change = {
+        "outcome": lambda r: dataclasses.replace(r, outcome=EXCEEDED),
+        "iteration": lambda r: dataclasses.replace(r, iteration=r.iteration - 1),
+        "final": lambda r: dataclasses.replace(r, path=r.path + 1),
+    }[field]
 
     class Different(ConvergenceSuite):
         """The suite, with one field of one run's result changed."""

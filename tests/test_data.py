@@ -30,7 +30,10 @@ def test_shipped_files_match_their_published_sums():
 def test_bundled_splits_follow_the_core_api_tutorial(bundled):
     assert bundled.source == "bundled"
     assert (len(bundled.train), len(bundled.validation), len(bundled.test)) == (
-        50_000, 10_000, 10_000)
+        50_000,
+        10_000,
+        10_000,
+    )
     assert bundled.train.images.shape[1:] == (28, 28) and bundled.train.images.dtype == np.uint8
     # Every digit is present in every split, roughly a tenth each.
     for split in (bundled.train, bundled.validation, bundled.test):
@@ -96,9 +99,13 @@ def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, bundled, prepare
     assert mnist.load("auto").source == "tfds"
     resumed = training_data.load(TrainConfig(logdir=str(tmp_path)), strategy, str(tmp_path))
     assert resumed.fingerprint == bundled.fingerprint
-    with pytest.raises(mnist.DataError, match=(
+    with pytest.raises(
+        mnist.DataError,
+        match=(
             r"^--data_source=tfds: the run in \S+ trained on bundled MNIST \(fingerprint "
-            rf"{bundled.fingerprint}\), this is tfds MNIST \(\w+\); resume on the data")):
+            rf"{bundled.fingerprint}\), this is tfds MNIST \(\w+\); resume on the data"
+        ),
+    ):
         training_data.load(TrainConfig(data_source="tfds"), strategy, str(tmp_path))
 
 
@@ -106,13 +113,20 @@ def test_tfds_without_network_fails_in_one_line_and_leaves_nothing(tmp_path):
     # A proxy that refuses every connection: offline for TFDS and for us, on any machine.
     [closed_port] = free_ports(1)
     started = time.monotonic()
-    done = run_module("trainer.train", "--data_source=tfds", f"--data_dir={tmp_path / 'tfds'}",
-                      f"--logdir={tmp_path / 'runs'}", timeout=120, env=environment(
-                          HTTPS_PROXY=f"http://127.0.0.1:{closed_port}", NO_PROXY=""))
+    done = run_module(
+        "trainer.train",
+        "--data_source=tfds",
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--logdir={tmp_path / 'runs'}",
+        timeout=120,
+        env=environment(HTTPS_PROXY=f"http://127.0.0.1:{closed_port}", NO_PROXY=""),
+    )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        f"trainer.train: error: --data_source=tfds: MNIST is not prepared in {tmp_path / 'tfds'} "
-        "and cannot be downloaded (https://storage.googleapis.com/")
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(
+        f"trainer.train: error: --data_source=tfds: MNIST is not prepared in {tmp_path / 'tfds'}"
+        " and cannot be downloaded (https://storage.googleapis.com/"
+    )
     assert time.monotonic() - started < 60  # Not TFDS's minutes of retries.
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -129,8 +143,11 @@ def test_a_download_that_fails_midway_leaves_nothing_behind(tmp_path, monkeypatc
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", dies_midway)
     (tmp_path / "tfds").mkdir()
     (tmp_path / "tfds" / "kept.txt").write_text("the user's")
-    with pytest.raises(mnist.DataError, match=r"^--data_source=tfds: downloading MNIST into "
-                       r"\S+ failed \(Connection reset by peer\); nothing of it was kept$"):
+    with pytest.raises(
+        mnist.DataError,
+        match=r"^--data_source=tfds: downloading MNIST into "
+        r"\S+ failed \(Connection reset by peer\); nothing of it was kept$",
+    ):
         mnist.load("tfds", data_dir=str(tmp_path / "tfds"))
     assert sorted(p.name for p in (tmp_path / "tfds").iterdir()) == ["kept.txt"]
 
@@ -173,7 +190,8 @@ def test_an_epoch_of_the_train_pipeline_visits_each_example_once(bundled):
     assert not np.array_equal(epoch(1)[0], indices)  # and anew each epoch.
     # The order is the epoch's permutation of the examples.
     np.testing.assert_array_equal(
-        indices, mnist.epoch_order(count, seed=0, epoch=tf.constant(0)).numpy())
+        indices, mnist.epoch_order(count, seed=0, epoch=tf.constant(0)).numpy()
+    )
     images, _ = next(iter(mnist.train_dataset(bundled.train, 64, seed=0)))
     assert images.shape == (64, 784) and images.dtype == tf.float32
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0

@@ -13,8 +13,14 @@ from trainer.distribution import strategies
 from trainer.step.state import build_train_state
 
 BATCH = 64
-CONFIG = TrainConfig(hidden_sizes=(32,), seed=3, learning_rate=1e-2, lr_schedule="constant",
-                     warmup_epochs=0.0, batch_size=BATCH)
+CONFIG = TrainConfig(
+    hidden_sizes=(32,),
+    seed=3,
+    learning_rate=1e-2,
+    lr_schedule="constant",
+    warmup_epochs=0.0,
+    batch_size=BATCH,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +31,9 @@ def train_split():
 def build(strategy, optimizer):
     """The trainer's own train state; `optimizer` is a name, or an instance to use instead."""
     if isinstance(optimizer, str):
-        state = build_train_state(strategy, dataclasses.replace(CONFIG, optimizer=optimizer),
-                                  steps_per_epoch=1)
+        state = build_train_state(
+            strategy, dataclasses.replace(CONFIG, optimizer=optimizer), steps_per_epoch=1
+        )
     else:
         state = build_train_state(strategy, CONFIG, steps_per_epoch=1, optimizer=optimizer)
     return state.model, state.optimizer, state.train_loop
@@ -35,8 +42,9 @@ def build(strategy, optimizer):
 def run(strategy, optimizer, split, steps):
     model, optimizer, loop = build(strategy, optimizer)
     # experimental_distribute_dataset hands each replica a different half of every batch.
-    iterator = iter(strategy.experimental_distribute_dataset(
-        mnist.train_dataset(split, BATCH, seed=0)))
+    iterator = iter(
+        strategy.experimental_distribute_dataset(mnist.train_dataset(split, BATCH, seed=0))
+    )
     loop(iterator, tf.constant(steps))
     return model, optimizer, loop
 
@@ -76,8 +84,9 @@ def test_the_copy_check_catches_updates_from_replica_context(train_split):
 
 def test_one_and_two_replicas_take_the_same_steps(train_split):
     one, _, _ = run(strategies.create_strategy("one_device"), "adam", train_split, steps=10)
-    two, _, _ = run(strategies.create_strategy("mirrored", cpu_replicas=2), "adam",
-                    train_split, steps=10)
+    two, _, _ = run(
+        strategies.create_strategy("mirrored", cpu_replicas=2), "adam", train_split, steps=10
+    )
     assert len(one.trainable_variables) == len(two.trainable_variables) == 4
     for a, b in zip(one.trainable_variables, two.trainable_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
@@ -86,20 +95,24 @@ def test_one_and_two_replicas_take_the_same_steps(train_split):
 def test_the_train_loop_traces_once(train_split):
     strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
     _, optimizer, loop = build(strategy, "momentum")
-    iterator = iter(strategy.experimental_distribute_dataset(
-        mnist.train_dataset(train_split, BATCH, seed=0)))
+    iterator = iter(
+        strategy.experimental_distribute_dataset(mnist.train_dataset(train_split, BATCH, seed=0))
+    )
     for steps in (1, 3, 2):
         loop(iterator, tf.constant(steps))
     assert loop.experimental_get_tracing_count() == 1
     assert int(optimizer.iterations.numpy()) == 6
 
 
-@pytest.mark.parametrize("name, replicas, expected", [
-    ("auto", 1, "OneDeviceStrategy"),
-    ("auto", 2, "MirroredStrategy"),
-    ("mirrored", 1, "MirroredStrategy"),
-    ("one_device", 2, "OneDeviceStrategy"),
-])
+@pytest.mark.parametrize(
+    "name, replicas, expected",
+    [
+        ("auto", 1, "OneDeviceStrategy"),
+        ("auto", 2, "MirroredStrategy"),
+        ("mirrored", 1, "MirroredStrategy"),
+        ("one_device", 2, "OneDeviceStrategy"),
+    ],
+)
 def test_strategy_factory(name, replicas, expected):
     strategy = strategies.create_strategy(name, replicas)
     assert type(strategy).__name__ == expected
@@ -107,11 +120,14 @@ def test_strategy_factory(name, replicas, expected):
         assert strategy.num_replicas_in_sync == replicas
 
 
-@pytest.mark.parametrize("name, replicas, error", [
-    ("tpu", 1, "--strategy must be one of"),
-    ("auto", 0, "--cpu_replicas must be at least 1"),
-    ("mirrored", 4, "--cpu_replicas=4: TensorFlow already started with 2"),
-])
+@pytest.mark.parametrize(
+    "name, replicas, error",
+    [
+        ("tpu", 1, "--strategy must be one of"),
+        ("auto", 0, "--cpu_replicas must be at least 1"),
+        ("mirrored", 4, "--cpu_replicas=4: TensorFlow already started with 2"),
+    ],
+)
 def test_strategy_factory_errors(name, replicas, error):
     with pytest.raises(strategies.StrategyError, match=error):
         strategies.create_strategy(name, replicas)

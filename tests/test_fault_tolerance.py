@@ -36,17 +36,31 @@ from trainer.run.files import RESULT_FILE
 from trainer.step.state import DivergenceError, build_train_state
 
 # Deterministic, on 2 logical CPU replicas, checkpointing often: 400 steps of a small model.
-CONFIG = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
-                     epochs=4, learning_rate=3e-3, warmup_epochs=0.0, steps_per_loop=5,
-                     checkpoint_every_steps=25, data_source="bundled", deterministic=True)
+CONFIG = TrainConfig(
+    strategy="mirrored",
+    cpu_replicas=2,
+    hidden_sizes=(64,),
+    batch_size=500,
+    epochs=4,
+    learning_rate=3e-3,
+    warmup_epochs=0.0,
+    steps_per_loop=5,
+    checkpoint_every_steps=25,
+    data_source="bundled",
+    deterministic=True,
+)
 FINAL_STEP = 400
 
 
 def start(logdir, run_name, env=None) -> subprocess.Popen:
     """The trainer on CONFIG, its stderr merged into stdout to be read line by line."""
     config = dataclasses.replace(CONFIG, logdir=str(logdir), run_name=run_name)
-    return start_module("trainer.train", *command_line(config), stderr=subprocess.STDOUT,
-                        **({"env": env} if env else {}))
+    return start_module(
+        "trainer.train",
+        *command_line(config),
+        stderr=subprocess.STDOUT,
+        **({"env": env} if env else {}),
+    )
 
 
 def run_to_end(logdir, run_name) -> str:
@@ -66,10 +80,12 @@ def interrupt_after(logdir, run_name, checkpoint_step: int, signum) -> tuple[int
     done = finish(process)
     return done.returncode, done.stdout
 
+
 def final_state(logdir, run_name) -> dict[str, np.ndarray]:
     """Every variable of the final checkpoint: weights, optimizer slots and step counter."""
-    return checkpoint_tensors(checkpoint_path(os.path.join(logdir, run_name), FINAL_STEP),
-                              WEIGHTS_AND_OPTIMIZER)
+    return checkpoint_tensors(
+        checkpoint_path(os.path.join(logdir, run_name), FINAL_STEP), WEIGHTS_AND_OPTIMIZER
+    )
 
 
 def resumed_step(output: str) -> int:
@@ -98,12 +114,16 @@ def test_a_run_killed_mid_run_and_restarted_ends_bit_for_bit_as_if_never_killed(
     assert_bitwise_equal(final_state(logdir, "killed"), want)
 
 
-@pytest.mark.parametrize("signum, exit_code, name", [
-    (signal.SIGTERM, PREEMPTED_EXIT_CODE, "SIGTERM"),  # A scheduler's: it restarts the job.
-    (signal.SIGINT, INTERRUPTED_EXIT_CODE, "Ctrl-C"),  # A person's: nothing restarts it.
-])
+@pytest.mark.parametrize(
+    "signum, exit_code, name",
+    [
+        (signal.SIGTERM, PREEMPTED_EXIT_CODE, "SIGTERM"),  # A scheduler's: it restarts the job.
+        (signal.SIGINT, INTERRUPTED_EXIT_CODE, "Ctrl-C"),  # A person's: nothing restarts it.
+    ],
+)
 def test_a_stop_signal_saves_the_steps_completed_and_the_rerun_resumes_them(
-        uninterrupted, signum, exit_code, name):
+    uninterrupted, signum, exit_code, name
+):
     logdir, want = uninterrupted
     returncode, output = interrupt_after(logdir, name, 50, signum)
     assert returncode == exit_code, output[-3000:]
@@ -158,10 +178,20 @@ def test_a_ctrl_c_as_the_run_starts_stops_it_before_its_first_step(tmp_path):
 
 
 # Plain gradient descent at 1e30: step 1 is finite, step 2 overflows to NaN.
-DIVERGING = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,),
-                        batch_size=500, epochs=1, optimizer="gd", learning_rate=1e30,
-                        lr_schedule="constant", warmup_epochs=0, steps_per_loop=1,
-                        checkpoint_every_steps=1, data_source="bundled")
+DIVERGING = TrainConfig(
+    strategy="mirrored",
+    cpu_replicas=2,
+    hidden_sizes=(64,),
+    batch_size=500,
+    epochs=1,
+    optimizer="gd",
+    learning_rate=1e30,
+    lr_schedule="constant",
+    warmup_epochs=0,
+    steps_per_loop=1,
+    checkpoint_every_steps=1,
+    data_source="bundled",
+)
 
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -198,13 +228,21 @@ def test_a_spike_in_one_window_is_skipped_and_the_run_finishes(tmp_path, monkeyp
 
     def with_a_spike(split, global_batch_size, seed, first_epoch=0, skip_batches=0):
         first = first_epoch * (len(split) // global_batch_size) + skip_batches
-        return real_train_dataset(split, global_batch_size, seed, first_epoch, skip_batches
-                                  ).enumerate(first).map(lambda position, batch: (
-            tf.where(position == poisoned_batch, np.nan, batch[0]), batch[1]))
+        return (
+            real_train_dataset(split, global_batch_size, seed, first_epoch, skip_batches)
+            .enumerate(first)
+            .map(
+                lambda position, batch: (
+                    tf.where(position == poisoned_batch, np.nan, batch[0]),
+                    batch[1],
+                )
+            )
+        )
 
     monkeypatch.setattr(mnist, "train_dataset", with_a_spike)
-    config = dataclasses.replace(CONFIG, logdir=str(tmp_path), epochs=1, nonfinite_retries=1,
-                                 deterministic=False)
+    config = dataclasses.replace(
+        CONFIG, logdir=str(tmp_path), epochs=1, nonfinite_retries=1, deterministic=False
+    )
     result = train_and_evaluate(config)
     # Back to ckpt-25, past the batches of steps 26-38; then 100 steps all told.
     assert result.steps == 100 and result.skipped_windows == [[26, 38]]
@@ -216,8 +254,15 @@ def test_a_spike_in_one_window_is_skipped_and_the_run_finishes(tmp_path, monkeyp
     assert saved.get_tensor("skipped_windows/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [[26, 38]]
 
 
-SMALL = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(32,), batch_size=1000,
-                    epochs=2, warmup_epochs=0, data_source="bundled")
+SMALL = TrainConfig(
+    strategy="mirrored",
+    cpu_replicas=2,
+    hidden_sizes=(32,),
+    batch_size=1000,
+    epochs=2,
+    warmup_epochs=0,
+    data_source="bundled",
+)
 
 
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
@@ -233,8 +278,9 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, ca
     caplog.set_level(logging.INFO, logger="absl")  # The SavedModel export turned it down.
     result = train_and_evaluate(config)
     assert any("ckpt-100 is unreadable" in r.message for r in caplog.records)
-    assert any("resumed from" in r.message and "ckpt-50 at step 50" in r.message
-               for r in caplog.records)
+    assert any(
+        "resumed from" in r.message and "ckpt-50 at step 50" in r.message for r in caplog.records
+    )
     assert result.steps == 100 and result.test_accuracy > 0.8
     # Epoch 2 was trained again and saved anew, readable this time: every tensor reads back.
     assert len(checkpoint_tensors(str(checkpoints / "ckpt-100"), WEIGHTS_AND_OPTIMIZER)) >= 4
@@ -256,8 +302,11 @@ def test_a_checkpoint_lacking_part_of_the_state_is_a_clear_error(tmp_path):
     state = build_train_state(strategies.create_strategy("one_device"), config, 1)
     older = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer)
     tf.train.CheckpointManager(older, str(tmp_path), 1).save(checkpoint_number=7)
-    with pytest.raises(CheckpointError, match=r"ckpt-7: lacks some of what this trainer "
-                                              r"checkpoints .*; written by an older version"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"ckpt-7: lacks some of what this trainer "
+        r"checkpoints .*; written by an older version",
+    ):
         RunCheckpoints(state.checkpoint(), str(tmp_path), 1).restore()
 
 

@@ -29,8 +29,9 @@ from trainer.run.export import export
 from trainer.run.files import RESULT_FILE
 
 # 100 steps an epoch on one device.
-TINY = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=2, data_source="bundled",
-                   run_name="run")
+TINY = TrainConfig(
+    hidden_sizes=(32,), batch_size=500, epochs=2, data_source="bundled", run_name="run"
+)
 ROOMY_KIB = 8192
 PAGE_KIB = 4  # tmpfs allocates whole pages.
 
@@ -43,10 +44,22 @@ class SmallDisk:
         os.makedirs(self.directory, exist_ok=True)
         # The namespace lives as long as this `cat`, which ends when its stdin closes.
         self._holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             'mount -t tmpfs -o size="$1"k tmpfs "$2" && echo mounted && exec cat >/dev/null',
-             "sh", str(kib), self.directory],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount -t tmpfs -o size="$1"k tmpfs "$2" && echo mounted && exec cat >/dev/null',
+                "sh",
+                str(kib),
+                self.directory,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         if self._holder.stdout.readline() != "mounted\n":
             self.close()
             pytest.fail(f"could not mount a tmpfs at {self.directory}")
@@ -54,12 +67,12 @@ class SmallDisk:
 
     def path(self, *parts: str) -> str:
         """A path on the disk as this process reaches it: through the holder's mounts."""
-        return os.path.join(f"/proc/{self._holder.pid}/root", self.directory.lstrip("/"),
-                            *parts)
+        return os.path.join(f"/proc/{self._holder.pid}/root", self.directory.lstrip("/"), *parts)
 
     def resize(self, kib: int) -> None:
-        subprocess.run([*self._enter, "mount", "-o", f"remount,size={kib}k", self.directory],
-                       check=True)
+        subprocess.run(
+            [*self._enter, "mount", "-o", f"remount,size={kib}k", self.directory], check=True
+        )
 
     def used_kib(self) -> int:
         stats = os.statvfs(self.path())
@@ -78,8 +91,11 @@ def export_kib(tmp_path) -> int:
     """What the run's export takes on a tmpfs, which gives each file whole pages: measured on
     an export of the same model."""
     directory = export(MLP(NUM_PIXELS, TINY.hidden_sizes, NUM_CLASSES), tmp_path / "export")
-    return sum(-(-os.path.getsize(os.path.join(parent, name)) // (PAGE_KIB * 1024)) * PAGE_KIB
-               for parent, _, files in os.walk(directory) for name in files)
+    return sum(
+        -(-os.path.getsize(os.path.join(parent, name)) // (PAGE_KIB * 1024)) * PAGE_KIB
+        for parent, _, files in os.walk(directory)
+        for name in files
+    )
 
 
 @dataclasses.dataclass
@@ -111,15 +127,21 @@ ATTEMPTS = [
 
 def expected_line(run_dir: str, attempt: Attempt) -> str:
     if attempt.last_checkpoint is None:
-        then = ("no checkpoint was saved yet: free some space and rerun the same command to "
-                "start the run")
+        then = (
+            "no checkpoint was saved yet: free some space and rerun the same command to "
+            "start the run"
+        )
     else:
-        then = (f"the last whole checkpoint is {run_dir}/{CHECKPOINT_DIR}/"
-                f"ckpt-{attempt.last_checkpoint}: free some space and rerun the same command "
-                "to resume from it")
+        then = (
+            f"the last whole checkpoint is {run_dir}/{CHECKPOINT_DIR}/"
+            f"ckpt-{attempt.last_checkpoint}: free some space and rerun the same command "
+            "to resume from it"
+        )
     where = os.path.normpath(os.path.join(run_dir, attempt.directory))
-    return (f"trainer.train: error: {where}: no space left on device while {attempt.writing} "
-            f"(removed what it had written); {then}")
+    return (
+        f"trainer.train: error: {where}: no space left on device while {attempt.writing} "
+        f"(removed what it had written); {then}"
+    )
 
 
 def assert_nothing_half_written(run_dir: str) -> None:

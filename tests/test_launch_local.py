@@ -29,16 +29,19 @@ from trainer.run.files import RESULT_FILE
 
 BAD_TRAINER_ARGS = [
     (["--epoch=2"], "trainer argument --epoch=2: --epoch is not a trainer flag"),
-    (["--epochs=1", "--strategy=mirrored"],
-     "trainer argument --strategy=mirrored: --strategy is set by launch.local "
-     "(--strategy=multi_worker)"),
+    (
+        ["--epochs=1", "--strategy=mirrored"],
+        "trainer argument --strategy=mirrored: --strategy is set by launch.local "
+        "(--strategy=multi_worker)",
+    ),
     (["epochs=2"], "trainer argument 'epochs=2': expected --<trainer flag>=<value> after --"),
 ]
 
 
 @pytest.mark.parametrize("trainer_args, message", BAD_TRAINER_ARGS)
-def test_run_job_refuses_a_bad_trainer_flag_before_starting_a_worker(trainer_args, message,
-                                                                     monkeypatch):
+def test_run_job_refuses_a_bad_trainer_flag_before_starting_a_worker(
+    trainer_args, message, monkeypatch
+):
     started = []
     monkeypatch.setattr(local.subprocess, "Popen", lambda *a, **k: started.append(a))
     with pytest.raises(LaunchError) as error:
@@ -52,8 +55,10 @@ USER_ENV = {k: v for k, v in environment().items() if k != terminal.CPP_LEVEL}
 
 
 def test_the_command_line_refuses_each_bad_trainer_flag_with_one_line():
-    started = [start_module("launch.local", "--workers=2", "--", *trainer_args, env=USER_ENV)
-               for trainer_args, _ in BAD_TRAINER_ARGS]
+    started = [
+        start_module("launch.local", "--workers=2", "--", *trainer_args, env=USER_ENV)
+        for trainer_args, _ in BAD_TRAINER_ARGS
+    ]
     for process, (_, message) in zip(started, BAD_TRAINER_ARGS):
         done = finish(process)
         assert done.returncode == 1
@@ -65,7 +70,9 @@ def test_the_command_line_refuses_each_bad_trainer_flag_with_one_line():
 def test_verbosity_passes_through_to_the_workers():
     # It changes what a worker's terminal shows, never what the run computes.
     assert check_trainer_args(["--verbosity=1", "--epochs=1"], local.SET_BY_LOCAL) == [
-        "--verbosity=1", "--epochs=1"]
+        "--verbosity=1",
+        "--epochs=1",
+    ]
 
 
 def test_free_ports_are_distinct_and_bindable():
@@ -77,8 +84,14 @@ def test_free_ports_are_distinct_and_bindable():
 
 
 # A job of 2 workers, 100 steps of a small model.
-SMALL_JOB = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=1, warmup_epochs=0.0,
-                        steps_per_loop=25, data_source="bundled")
+SMALL_JOB = TrainConfig(
+    hidden_sizes=(32,),
+    batch_size=500,
+    epochs=1,
+    warmup_epochs=0.0,
+    steps_per_loop=25,
+    data_source="bundled",
+)
 # A user namespace that maps no one may make no namespace (EPERM), as where unprivileged user
 # namespaces are disabled; it leaves the network as it is.
 NO_NAMESPACES = ("unshare", "--user")
@@ -106,15 +119,19 @@ def listening_ports(pid: int) -> set[int]:
             rows = pathlib.Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
         except OSError:  # The process exited, or there is no IPv6.
             continue
-        ports |= {int(local_address.rsplit(":", 1)[1], 16)
-                  for _, local_address, _, state, *_ in map(str.split, rows) if state == "0A"}
+        ports |= {
+            int(local_address.rsplit(":", 1)[1], 16)
+            for _, local_address, _, state, *_ in map(str.split, rows)
+            if state == "0A"
+        }
     return ports
 
 
 def test_a_process_outside_the_job_cannot_reach_its_workers(tmp_path):
     config = dataclasses.replace(SMALL_JOB, logdir=str(tmp_path), run_name="job")
-    launcher = start_module("launch.local", "--workers=2", "--", *command_line(config),
-                            stderr=subprocess.STDOUT)
+    launcher = start_module(
+        "launch.local", "--workers=2", "--", *command_line(config), stderr=subprocess.STDOUT
+    )
     try:
         pid, port = listening_worker(launcher)
         # The worker listens on the port in a network of its own; here, the same address is
@@ -126,30 +143,47 @@ def test_a_process_outside_the_job_cannot_reach_its_workers(tmp_path):
         done = finish(launcher)
     assert done.returncode == 0, done.stdout[-3000:]
     assert json.loads((tmp_path / "job" / RESULT_FILE).read_text())["steps"] == 100
-    fingerprints = dict(re.findall(r"\[worker (\d)\] .*weights fingerprint at step 100: (\w+)",
-                                   done.stdout))
+    fingerprints = dict(
+        re.findall(r"\[worker (\d)\] .*weights fingerprint at step 100: (\w+)", done.stdout)
+    )
     assert len(fingerprints) == 2 and len(set(fingerprints.values())) == 1
 
 
 def test_without_a_private_network_the_job_is_refused_in_one_line():
-    done = finish(start_module("launch.local", "--workers=2", "--", "--epochs=1",
-                               wrapper=NO_NAMESPACES, env=USER_ENV))
+    done = finish(
+        start_module(
+            "launch.local", "--workers=2", "--", "--epochs=1", wrapper=NO_NAMESPACES, env=USER_ENV
+        )
+    )
     assert done.returncode == 1
     assert done.stdout == ""  # No worker started.
     assert done.stderr.splitlines() == [
         "launch.local: error: cannot give the workers a private network (unshare(CLONE_NEWNET): "
         "Operation not permitted; unshare(CLONE_NEWUSER|CLONE_NEWNET): Operation not "
         "permitted); without one their gRPC servers listen on every interface and run any op "
-        "anyone sends; --allow_exposed_ports runs the job anyway"]
+        "anyone sends; --allow_exposed_ports runs the job anyway"
+    ]
 
 
 def test_allow_exposed_ports_runs_the_job_open_and_sigterm_to_the_launcher_stops_it(tmp_path):
-    config = dataclasses.replace(SMALL_JOB, logdir=str(tmp_path), run_name="job", epochs=20,
-                                 steps_per_loop=5, checkpoint_every_steps=25)
-    launcher = start_module("launch.local", "--workers=2", "--allow_exposed_ports",
-                            "--max_restarts=2", "--",
-                            *command_line(config), wrapper=NO_NAMESPACES,
-                            stderr=subprocess.STDOUT)
+    config = dataclasses.replace(
+        SMALL_JOB,
+        logdir=str(tmp_path),
+        run_name="job",
+        epochs=20,
+        steps_per_loop=5,
+        checkpoint_every_steps=25,
+    )
+    launcher = start_module(
+        "launch.local",
+        "--workers=2",
+        "--allow_exposed_ports",
+        "--max_restarts=2",
+        "--",
+        *command_line(config),
+        wrapper=NO_NAMESPACES,
+        stderr=subprocess.STDOUT,
+    )
     output = []
     try:
         # What the warning says: the worker's port is open to this process.
@@ -163,8 +197,9 @@ def test_allow_exposed_ports_runs_the_job_open_and_sigterm_to_the_launcher_stops
     finally:
         done = finish(launcher)
     output = "".join(output) + done.stdout
-    assert ("[launcher] warning: no private network for the workers (unshare(CLONE_NEWNET): "
-            in output)
+    assert (
+        "[launcher] warning: no private network for the workers (unshare(CLONE_NEWNET): " in output
+    )
     # Passed on to every worker, which saved the same step and exited 143: a request to stop,
     # not a preemption to heal.
     assert done.returncode == 128 + signal.SIGTERM, output[-3000:]
@@ -189,9 +224,18 @@ def start_paused(tmp_path):
     def start(*launcher_flags, **popen_options) -> tuple[subprocess.Popen, Pause]:
         pause = Pause(tmp_path / "pause", step=25, task=0)
         config = dataclasses.replace(LONG_JOB, logdir=str(tmp_path), run_name="job")
-        launchers.append(start_module(
-            "launch.local", "--workers=2", *launcher_flags, "--", *command_line(config),
-            env={**environment(), **pause.env()}, stderr=subprocess.STDOUT, **popen_options))
+        launchers.append(
+            start_module(
+                "launch.local",
+                "--workers=2",
+                *launcher_flags,
+                "--",
+                *command_line(config),
+                env={**environment(), **pause.env()},
+                stderr=subprocess.STDOUT,
+                **popen_options,
+            )
+        )
         return launchers[-1], pause
 
     yield start
@@ -239,15 +283,16 @@ def test_a_job_process_killed_takes_its_workers_with_it(start_paused):
     assert not running(workers)
 
 
-CTRL_C_LINE = ("[launcher] Ctrl-C (SIGINT): every worker checkpoints at its next step boundary "
-               "and exits 130; Ctrl-C again stops them at once\n")
+CTRL_C_LINE = (
+    "[launcher] Ctrl-C (SIGINT): every worker checkpoints at its next step boundary "
+    "and exits 130; Ctrl-C again stops them at once\n"
+)
 # A terminal sends Ctrl-C's SIGINT to its foreground process group: the launcher's.
 SEND_CTRL_C = {"to the launcher": os.kill, "to the launcher's process group": os.killpg}
 
 
 @pytest.mark.parametrize("send", SEND_CTRL_C)
-def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_exits_130(send, start_paused,
-                                                                    tmp_path):
+def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_exits_130(send, start_paused, tmp_path):
     launcher, pause = start_paused("--max_restarts=2", start_new_session=True)
     output = Output(launcher)
     pause.wait(launcher)
@@ -282,6 +327,8 @@ def test_a_second_ctrl_c_stops_every_worker_at_once(start_paused, tmp_path):
     pause.release()
     assert launcher.wait(timeout=60) == 128 + signal.SIGINT, output.tail()
     assert [line for line in output.lines if not line.startswith("[worker ")] == [
-        CTRL_C_LINE, "[launcher] Ctrl-C again: every worker stops at once\n"], output.tail()
+        CTRL_C_LINE,
+        "[launcher] Ctrl-C again: every worker stops at once\n",
+    ], output.tail()
     assert not running(job)
     assert latest_step(tmp_path) == 25  # Stopped at once: nothing saved after the pause.

@@ -15,9 +15,16 @@ from trainer.config import TrainConfig
 from trainer.run.files import RESULT_FILE
 
 # 500 steps, a checkpoint every 50: worker 1 is killed after the first.
-CONFIG = TrainConfig(run_name="job", hidden_sizes=(32,), batch_size=100, epochs=1,
-                     warmup_epochs=0.0, steps_per_loop=5, checkpoint_every_steps=50,
-                     data_source="bundled")
+CONFIG = TrainConfig(
+    run_name="job",
+    hidden_sizes=(32,),
+    batch_size=100,
+    epochs=1,
+    warmup_epochs=0.0,
+    steps_per_loop=5,
+    checkpoint_every_steps=50,
+    data_source="bundled",
+)
 
 
 def test_a_killed_worker_restarts_the_job_from_its_checkpoint(tmp_path):
@@ -31,10 +38,15 @@ def test_a_killed_worker_restarts_the_job_from_its_checkpoint(tmp_path):
         log = tmp_path / f"worker{index}.{len(started)}.log"
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         with open(log, "w") as out:
-            process = start_module("trainer.train", "--strategy=multi_worker",
-                                   f"--logdir={tmp_path}", *command_line(CONFIG),
-                                   env={**environment(TF_CONFIG=tf_config), **(env or {})},
-                                   stdout=out, stderr=out)
+            process = start_module(
+                "trainer.train",
+                "--strategy=multi_worker",
+                f"--logdir={tmp_path}",
+                *command_line(CONFIG),
+                env={**environment(TF_CONFIG=tf_config), **(env or {})},
+                stdout=out,
+                stderr=out,
+            )
         started.append(process)
         return process, log
 

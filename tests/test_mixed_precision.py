@@ -32,9 +32,17 @@ from trainer.optimizers.base import INITIAL_LOSS_SCALE
 from trainer.recipe import train_and_evaluate
 
 # As tests/test_train.py's TINY: 100 steps an epoch on two logical CPU replicas.
-TINY = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
-                   epochs=2, steps_per_loop=40, learning_rate=3e-3, warmup_epochs=0.0,
-                   data_source="bundled")
+TINY = TrainConfig(
+    strategy="mirrored",
+    cpu_replicas=2,
+    hidden_sizes=(64,),
+    batch_size=500,
+    epochs=2,
+    steps_per_loop=40,
+    learning_rate=3e-3,
+    warmup_epochs=0.0,
+    data_source="bundled",
+)
 
 
 def scaled_optimizer(name="adam", **kwargs):
@@ -45,8 +53,11 @@ def scaled_optimizer(name="adam", **kwargs):
 
 
 def state_of(x, optimizer):
-    return [x.numpy().copy(), int(optimizer.iterations),
-            *[slot.numpy().copy() for slots in optimizer.slots for slot in slots]]
+    return [
+        x.numpy().copy(),
+        int(optimizer.iterations),
+        *[slot.numpy().copy() for slots in optimizer.slots for slot in slots],
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(optimizers.OPTIMIZERS))
@@ -113,6 +124,7 @@ def test_every_replica_skips_when_one_replica_overflows():
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             bad = tf.equal(replica, overflow_on_replica)
             optimizer.apply_gradients([tf.where(bad, np.inf, 1.0) * tf.ones([2])], [x])
+
         strategy.run(replica_step)
 
     step(tf.constant(-1))  # No replica overflows.
@@ -125,9 +137,10 @@ def test_every_replica_skips_when_one_replica_overflows():
     assert [int(v) for v in optimizer.iterations.values] == [1, 1]
 
 
-@pytest.mark.parametrize("precision, dtype", [("float32", tf.float32),
-                                              ("mixed_bfloat16", tf.bfloat16),
-                                              ("mixed_float16", tf.float16)])
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [("float32", tf.float32), ("mixed_bfloat16", tf.bfloat16), ("mixed_float16", tf.float16)],
+)
 def test_the_model_computes_in_the_low_dtype_over_float32_weights(precision, dtype):
     model = MLP(mnist.NUM_PIXELS, [32], mnist.NUM_CLASSES, compute_dtype=dtype)
     images = tf.random.stateless_uniform([8, mnist.NUM_PIXELS], seed=[0, 0])
@@ -136,7 +149,7 @@ def test_the_model_computes_in_the_low_dtype_over_float32_weights(precision, dty
     def forward_backward(x):
         with tf.GradientTape() as tape:
             logits = model(x)
-            loss = tf.reduce_mean(logits ** 2)
+            loss = tf.reduce_mean(logits**2)
         return logits, tape.gradient(loss, model.trainable_variables)
 
     logits, grads = forward_backward(images)
@@ -151,12 +164,16 @@ def test_the_model_computes_in_the_low_dtype_over_float32_weights(precision, dty
 def runs(tmp_path_factory):
     """A tiny run in each precision (and float32 with the XLA-compiled step)."""
     logdir = str(tmp_path_factory.mktemp("precision"))
-    return {name: train_and_evaluate(dataclasses.replace(TINY, logdir=logdir, **settings))
-            for name, settings in {
-                "float32": {}, "mixed_bfloat16": {"precision": "mixed_bfloat16"},
-                "mixed_float16": {"precision": "mixed_float16"},
-                # A run name of its own: it would name the float32 run, finished by then.
-                "jit_compile": {"jit_compile": True, "run_name": "jit"}}.items()}
+    return {
+        name: train_and_evaluate(dataclasses.replace(TINY, logdir=logdir, **settings))
+        for name, settings in {
+            "float32": {},
+            "mixed_bfloat16": {"precision": "mixed_bfloat16"},
+            "mixed_float16": {"precision": "mixed_float16"},
+            # A run name of its own: it would name the float32 run, finished by then.
+            "jit_compile": {"jit_compile": True, "run_name": "jit"},
+        }.items()
+    }
 
 
 def test_every_precision_learns_and_names_its_run(runs):
@@ -190,16 +207,19 @@ def test_the_export_serves_float32_probabilities_whatever_the_precision(runs, pr
     test = mnist.load("bundled").test
     images = tf.constant(test.images[:256])
     probabilities = served.signatures["serving_default"](images=images)["probabilities"]
-    from_pixels = served.signatures["classify_pixels"](
-        pixels=mnist.to_features(images))["probabilities"]
+    from_pixels = served.signatures["classify_pixels"](pixels=mnist.to_features(images))[
+        "probabilities"
+    ]
     assert probabilities.dtype == from_pixels.dtype == tf.float32
     np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-5)
     assert (probabilities.numpy().argmax(axis=1) == test.labels[:256]).mean() > 0.9
 
 
 def test_the_xla_compiled_step_takes_the_same_steps(runs):
-    want, got = (checkpoint_tensors(checkpoint_path(runs[name].run_dir, 200))
-                 for name in ("float32", "jit_compile"))
+    want, got = (
+        checkpoint_tensors(checkpoint_path(runs[name].run_dir, 200))
+        for name in ("float32", "jit_compile")
+    )
     assert len(want) == 4
     # Only float32 rounding tells XLA's program from the op-by-op kernels.
     assert_same_tensors(got, want, rtol=1e-3, atol=1e-4)
@@ -207,25 +227,39 @@ def test_the_xla_compiled_step_takes_the_same_steps(runs):
 
 def test_resuming_in_another_precision_is_refused(runs):
     result = runs["float32"]
-    other = dataclasses.replace(TINY, logdir=os.path.dirname(result.run_dir),
-                                run_name=os.path.basename(result.run_dir),
-                                precision="mixed_bfloat16")
-    with pytest.raises(ConfigError, match=r"--precision=mixed_bfloat16: the run in .* was "
-                                          r"started with --precision=float32"):
+    other = dataclasses.replace(
+        TINY,
+        logdir=os.path.dirname(result.run_dir),
+        run_name=os.path.basename(result.run_dir),
+        precision="mixed_bfloat16",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"--precision=mixed_bfloat16: the run in .* was "
+        r"started with --precision=float32",
+    ):
         train_and_evaluate(other)
 
 
 # 200 deterministic steps on 2 logical CPU replicas, a checkpoint every 25.
-FLOAT16 = dataclasses.replace(TINY, steps_per_loop=5, checkpoint_every_steps=25,
-                              deterministic=True, precision="mixed_float16")
+FLOAT16 = dataclasses.replace(
+    TINY, steps_per_loop=5, checkpoint_every_steps=25, deterministic=True, precision="mixed_float16"
+)
 
 
 def test_a_float16_run_killed_and_resumed_ends_bit_for_bit_as_if_never_killed(tmp_path):
     """The loss scale and its counter are in the checkpoint, so the resumed run scales (and
     skips) exactly as the uninterrupted one."""
+
     def start(run_name, **options):
-        return start_module("trainer.train", *command_line(FLOAT16), f"--logdir={tmp_path}",
-                            f"--run_name={run_name}", stderr=subprocess.STDOUT, **options)
+        return start_module(
+            "trainer.train",
+            *command_line(FLOAT16),
+            f"--logdir={tmp_path}",
+            f"--run_name={run_name}",
+            stderr=subprocess.STDOUT,
+            **options,
+        )
 
     pause = Pause(tmp_path / "pause", 50)  # Killed while held after saving ckpt-50.
     uninterrupted = start("uninterrupted")
@@ -238,8 +272,9 @@ def test_a_float16_run_killed_and_resumed_ends_bit_for_bit_as_if_never_killed(tm
     resumed = finish(start("killed"))
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1)) == 50
-    want, got = (checkpoint_tensors(checkpoint_path(tmp_path / run_name, 200),
-                                    WEIGHTS_AND_OPTIMIZER)
-                 for run_name in ("uninterrupted", "killed"))
+    want, got = (
+        checkpoint_tensors(checkpoint_path(tmp_path / run_name, 200), WEIGHTS_AND_OPTIMIZER)
+        for run_name in ("uninterrupted", "killed")
+    )
     assert any("loss_scale" in key for key in want)
     assert_same_tensors(got, want)

@@ -33,8 +33,14 @@ from trainer.recipe import CHECKPOINT_DIR, train_and_evaluate
 from trainer.run.files import RESULT_FILE
 
 # 200 steps of a small model, as one job of 2 workers or one process on 2 replicas.
-CONFIG = TrainConfig(hidden_sizes=(64,), batch_size=500, epochs=2, warmup_epochs=0.0,
-                     steps_per_loop=25, data_source="bundled")
+CONFIG = TrainConfig(
+    hidden_sizes=(64,),
+    batch_size=500,
+    epochs=2,
+    warmup_epochs=0.0,
+    steps_per_loop=25,
+    data_source="bundled",
+)
 ENV = environment()
 
 
@@ -54,8 +60,12 @@ def two_workers(tmp_path_factory):
 def test_two_workers_train_to_the_same_weights(two_workers):
     logdir, code, output = two_workers
     assert code == 0, output[-3000:]
-    fingerprints = {worker: value for worker, value in re.findall(
-        r"\[worker (\d)\] .*weights fingerprint at step 200: (\w+)", output)}
+    fingerprints = {
+        worker: value
+        for worker, value in re.findall(
+            r"\[worker (\d)\] .*weights fingerprint at step 200: (\w+)", output
+        )
+    }
     assert set(fingerprints) == {"0", "1"}
     assert fingerprints["0"] == fingerprints["1"]
 
@@ -68,29 +78,41 @@ def test_only_the_chief_writes_the_run(two_workers):
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
     # The other worker's checkpoints went to a private directory, deleted after each save.
     assert sorted(p.name for p in (run_dir / CHECKPOINT_DIR).iterdir()) == [
-        "checkpoint", "ckpt-100.data-00000-of-00001", "ckpt-100.index",
-        "ckpt-200.data-00000-of-00001", "ckpt-200.index"]
+        "checkpoint",
+        "ckpt-100.data-00000-of-00001",
+        "ckpt-100.index",
+        "ckpt-200.data-00000-of-00001",
+        "ckpt-200.index",
+    ]
     assert "test accuracy" in output
 
 
 def test_two_workers_match_one_process_with_the_same_global_batch(two_workers, tmp_path):
     logdir, _, _ = two_workers
-    single = train_and_evaluate(dataclasses.replace(
-        CONFIG, logdir=str(tmp_path), strategy="mirrored", cpu_replicas=2))
+    single = train_and_evaluate(
+        dataclasses.replace(CONFIG, logdir=str(tmp_path), strategy="mirrored", cpu_replicas=2)
+    )
     want = checkpoint_tensors(checkpoint_path(single.run_dir, 200))
     assert len(want) == 4
-    assert_same_tensors(checkpoint_tensors(checkpoint_path(os.path.join(logdir, "job"), 200)),
-                        want, rtol=1e-4, atol=1e-6)
+    assert_same_tensors(
+        checkpoint_tensors(checkpoint_path(os.path.join(logdir, "job"), 200)),
+        want,
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
-def run_job_signalled(config: TrainConfig, pause: Pause, signum,
-                      **options) -> tuple[int, str]:
+def run_job_signalled(config: TrainConfig, pause: Pause, signum, **options) -> tuple[int, str]:
     """Runs the job, sends `signum` to the worker `pause` holds while it is held, and lets it
     go on: the signal lands at a known step whatever the machine's speed. The job's exit code
     and output."""
     output, result = io.StringIO(), {}
-    job = threading.Thread(daemon=True, target=lambda: result.setdefault(
-        "code", run_job(config, output, env={**ENV, **pause.env()}, **options)))
+    job = threading.Thread(
+        daemon=True,
+        target=lambda: result.setdefault(
+            "code", run_job(config, output, env={**ENV, **pause.env()}, **options)
+        ),
+    )
     job.start()
     os.kill(pause.wait(job.is_alive), signum)
     pause.release()
@@ -101,8 +123,9 @@ def run_job_signalled(config: TrainConfig, pause: Pause, signum,
 
 def test_a_dead_worker_stops_the_whole_job_fast(tmp_path):
     config = dataclasses.replace(CONFIG, logdir=str(tmp_path))
-    code, output = run_job_signalled(config, Pause(tmp_path / "pause", 100, task=1),
-                                     signal.SIGKILL, grace_seconds=5)
+    code, output = run_job_signalled(
+        config, Pause(tmp_path / "pause", 100, task=1), signal.SIGKILL, grace_seconds=5
+    )
     assert code == 128 + signal.SIGKILL, output[-3000:]
     assert "[launcher] worker 1 exited with code -9; stopping the job" in output
     assert not psutil.Process().children()  # No worker left behind.
@@ -110,9 +133,13 @@ def test_a_dead_worker_stops_the_whole_job_fast(tmp_path):
 
 def resumed_steps(output: str) -> dict[str, int]:
     """{worker: the step it resumed from}, checking each names the checkpoint of that step."""
-    return {worker: int(step) for worker, path_step, step in re.findall(
-        r"\[worker (\d)\] .*resumed from \S+ckpt-(\d+) at step (\d+)", output)
-        if path_step == step}
+    return {
+        worker: int(step)
+        for worker, path_step, step in re.findall(
+            r"\[worker (\d)\] .*resumed from \S+ckpt-(\d+) at step (\d+)", output
+        )
+        if path_step == step
+    }
 
 
 def stopped_step(output: str) -> int:
@@ -127,14 +154,21 @@ def preempt(config: TrainConfig, at: int | None) -> tuple[int, str]:
     """Runs the job, SIGTERMs worker 1 while it is held after saving ckpt-<at> (None: as its run
     starts); the step all stopped at, and the output."""
     code, output = run_job_signalled(
-        config, Pause(pathlib.Path(config.logdir, f"pause{at}"), at, task=1), signal.SIGTERM)
+        config, Pause(pathlib.Path(config.logdir, f"pause{at}"), at, task=1), signal.SIGTERM
+    )
     assert code == 128 + signal.SIGTERM, output[-3000:]
     return stopped_step(output), output
 
 
 def test_preempted_twice_with_a_corrupt_checkpoint_between_the_job_resumes_right(tmp_path):
-    config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", epochs=4,
-                                 steps_per_loop=5, checkpoint_every_steps=50)
+    config = dataclasses.replace(
+        CONFIG,
+        logdir=str(tmp_path),
+        run_name="job",
+        epochs=4,
+        steps_per_loop=5,
+        checkpoint_every_steps=50,
+    )
     checkpoints = pathlib.Path(tmp_path, "job", CHECKPOINT_DIR)
     first, _ = preempt(config, at=100)
     assert first >= 100
@@ -173,13 +207,14 @@ def test_a_ctrl_c_to_one_worker_stops_every_worker_at_one_step(tmp_path):
     # TensorFlow's handler coordinates SIGTERM only: the worker given Ctrl-C passes it on as
     # one, stops with the others, and names what it was given.
     config = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", steps_per_loop=5)
-    code, output = run_job_signalled(config, Pause(tmp_path / "pause", 100, task=1),
-                                     signal.SIGINT)
+    code, output = run_job_signalled(config, Pause(tmp_path / "pause", 100, task=1), signal.SIGINT)
     assert code in (128 + signal.SIGINT, 128 + signal.SIGTERM), output[-3000:]
     stops = dict(re.findall(r"\[worker (\d)\] .*?(\S+: stopped at step \d+) ", output))
     step = stops.get("0", "").removeprefix("SIGTERM: stopped at step ")
-    assert stops == {"0": f"SIGTERM: stopped at step {step}",
-                     "1": f"Ctrl-C: stopped at step {step}"}, output[-3000:]
+    assert stops == {
+        "0": f"SIGTERM: stopped at step {step}",
+        "1": f"Ctrl-C: stopped at step {step}",
+    }, output[-3000:]
     assert "Traceback" not in output
     latest = tf.train.latest_checkpoint(os.path.join(tmp_path, "job", CHECKPOINT_DIR))
     assert latest.endswith(f"ckpt-{step}")
@@ -189,38 +224,71 @@ def test_a_diverging_job_retries_from_the_same_checkpoint_on_every_worker(tmp_pa
     # Gradient descent at 1e30: step 1 is finite, step 2 is not, on every worker at once
     # (gradients are summed across them). Only the chief has seen ckpt-1 being written.
     config = dataclasses.replace(
-        CONFIG, logdir=str(tmp_path), optimizer="gd", learning_rate=1e30,
-        lr_schedule="constant", epochs=1, steps_per_loop=1, checkpoint_every_steps=1,
-        nonfinite_retries=2)
+        CONFIG,
+        logdir=str(tmp_path),
+        optimizer="gd",
+        learning_rate=1e30,
+        lr_schedule="constant",
+        epochs=1,
+        steps_per_loop=1,
+        checkpoint_every_steps=1,
+        nonfinite_retries=2,
+    )
     output = io.StringIO()
     assert run_job(config, output) == 1
     text = output.getvalue()
     for worker in "01":
         retries = re.findall(rf"\[worker {worker}\] .*resumed from \S+ckpt-1 at step 1", text)
         assert len(retries) == 2, text[-3000:]
-        assert re.search(rf"\[worker {worker}\] .*step 2: the loss or a gradient is not "
-                         "finite.*stopping", text), text[-3000:]
+        assert re.search(
+            rf"\[worker {worker}\] .*step 2: the loss or a gradient is not "
+            "finite.*stopping",
+            text,
+        ), text[-3000:]
 
 
 # A worker whose TFDS MNIST is tfds.testing's random images: the real entry point under it.
-_ON_MOCK_TFDS = ("import tensorflow_datasets as tfds\nfrom absl import app\n"
-                 "from data import mnist\nfrom trainer import train\n"
-                 "mnist.tfds_is_prepared = lambda data_dir: True\n"
-                 "with tfds.testing.mock_data(num_examples=12_000):\n    app.run(train.main)")
+_ON_MOCK_TFDS = (
+    "import tensorflow_datasets as tfds\nfrom absl import app\n"
+    "from data import mnist\nfrom trainer import train\n"
+    "mnist.tfds_is_prepared = lambda data_dir: True\n"
+    "with tfds.testing.mock_data(num_examples=12_000):\n    app.run(train.main)"
+)
 
 
 def test_workers_holding_different_data_stop_naming_the_odd_one(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    args = ["--strategy=multi_worker", *command_line(dataclasses.replace(
-        CONFIG, logdir=str(tmp_path), run_name="job", data_source="tfds"))]
+    args = [
+        "--strategy=multi_worker",
+        *command_line(
+            dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", data_source="tfds")
+        ),
+    ]
     workers = [
-        start_module("trainer.train", *args, "--data_source=bundled", env=environment(
-            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))),
-        subprocess.Popen([sys.executable, "-c", _ON_MOCK_TFDS, *args], cwd=REPO, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(
-            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})))]
+        start_module(
+            "trainer.train",
+            *args,
+            "--data_source=bundled",
+            env=environment(
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+            ),
+        ),
+        subprocess.Popen(
+            [sys.executable, "-c", _ON_MOCK_TFDS, *args],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment(
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+            ),
+        ),
+    ]
     for done in [finish(worker, timeout=180) for worker in workers]:
         assert done.returncode == 1, done.stderr[-3000:]
-        assert re.search(r"^trainer.train: error: worker 1 hold\(s\) other MNIST than the chief ",
-                         done.stderr, re.MULTILINE), done.stderr[-3000:]
+        assert re.search(
+            r"^trainer.train: error: worker 1 hold\(s\) other MNIST than the chief ",
+            done.stderr,
+            re.MULTILINE,
+        ), done.stderr[-3000:]
     assert not pathlib.Path(tmp_path, "job").exists()  # Stopped before writing anything.

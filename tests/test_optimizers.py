@@ -25,12 +25,15 @@ def run_steps(optimizer, grads=GRADS, start=(1.0, 2.0)):
     return path
 
 
-@pytest.mark.parametrize("optimizer, expected", [
-    # x - 0.1 g: [1 - .05, 2 + .1] then [.95 + .025, 2.1 - .2].
-    (GradientDescent(0.1), [[0.95, 2.1], [0.975, 1.9]]),
-    # change1 = 0.1 g1 = [.05, -.1]; change2 = 0.1 g2 + 0.7 change1 = [.01, .13].
-    (Momentum(0.1, momentum=0.7), [[0.95, 2.1], [0.94, 1.97]]),
-])
+@pytest.mark.parametrize(
+    "optimizer, expected",
+    [
+        # x - 0.1 g: [1 - .05, 2 + .1] then [.95 + .025, 2.1 - .2].
+        (GradientDescent(0.1), [[0.95, 2.1], [0.975, 1.9]]),
+        # change1 = 0.1 g1 = [.05, -.1]; change2 = 0.1 g2 + 0.7 change1 = [.01, .13].
+        (Momentum(0.1, momentum=0.7), [[0.95, 2.1], [0.94, 1.97]]),
+    ],
+)
 def test_first_steps_match_hand_computed_values(optimizer, expected):
     np.testing.assert_allclose(run_steps(optimizer), expected, rtol=1e-6)
 
@@ -72,7 +75,10 @@ def test_adam_agrees_with_keras_adam_on_a_random_problem():
     keras = tf.keras.optimizers.Adam(**settings)
     np.testing.assert_allclose(
         train(lambda g, w: ours.apply_gradients([g], [w])),
-        train(lambda g, w: keras.apply_gradients([(g, w)])), rtol=1e-9, atol=1e-12)
+        train(lambda g, w: keras.apply_gradients([(g, w)])),
+        rtol=1e-9,
+        atol=1e-12,
+    )
     assert not np.allclose(start, train(lambda g, w: Adam(0.05).apply_gradients([g], [w])))
 
 
@@ -131,10 +137,13 @@ def test_a_schedule_sees_the_step_count():
     np.testing.assert_allclose(x.numpy(), [-(1 + 1 / 2 + 1 / 3)], rtol=1e-6)
 
 
-@pytest.mark.parametrize("name, want", [
-    ("constant", [0.0, 0.05, 0.1, 0.1, 0.1]),
-    ("cosine", [0.0, 0.05, 0.1, 0.05, 0.0]),
-])
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        ("constant", [0.0, 0.05, 0.1, 0.1, 0.1]),
+        ("cosine", [0.0, 0.05, 0.1, 0.05, 0.0]),
+    ],
+)
 def test_both_schedules_warm_up_then_hold_or_decay(name, want):
     schedule = learning_rate_schedule(name, 0.1, total_steps=110, warmup_steps=10)
     got = [float(schedule(tf.constant(step))) for step in (0, 5, 10, 60, 110)]
@@ -148,16 +157,19 @@ def test_none_gradients_leave_their_variable_alone():
     assert a.numpy()[0] == 1.0 and b.numpy()[0] == 0.5
 
 
-@pytest.mark.parametrize("make, error", [
-    (lambda: GradientDescent(0.1).apply_gradients([], []), "no gradients"),
-    (lambda: GradientDescent(0.1).apply_gradients([None], [tf.Variable(1.0)]), "no gradients"),
-    (lambda: GradientDescent(0.1).apply_gradients([tf.constant(1.0)], []), "1 gradients for 0"),
-    (lambda: GradientDescent(0.1).build([]), "no variables"),
-    (lambda: GradientDescent(-1.0), "learning_rate must be positive"),
-    (lambda: Momentum(0.1, momentum=1.5), "momentum must be in"),
-    (lambda: Adam(0.1, beta_2=1.0), "beta_2 must be in"),
-    (lambda: create("sgd", 0.1), "unknown optimizer 'sgd'"),
-])
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda: GradientDescent(0.1).apply_gradients([], []), "no gradients"),
+        (lambda: GradientDescent(0.1).apply_gradients([None], [tf.Variable(1.0)]), "no gradients"),
+        (lambda: GradientDescent(0.1).apply_gradients([tf.constant(1.0)], []), "1 gradients for 0"),
+        (lambda: GradientDescent(0.1).build([]), "no variables"),
+        (lambda: GradientDescent(-1.0), "learning_rate must be positive"),
+        (lambda: Momentum(0.1, momentum=1.5), "momentum must be in"),
+        (lambda: Adam(0.1, beta_2=1.0), "beta_2 must be in"),
+        (lambda: create("sgd", 0.1), "unknown optimizer 'sgd'"),
+    ],
+)
 def test_bad_use_is_a_clear_error(make, error):
     with pytest.raises(ValueError, match=error):
         make()
@@ -179,12 +191,12 @@ def test_the_xla_compiled_rule_takes_the_op_by_op_rule_steps(name):
     rng = np.random.default_rng(1)
     grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(20)]
     start = rng.normal(size=(3, 4)).astype(np.float32)
-    paths = [run_steps(create(name, 0.01, jit_compile=jit), grads, start)
-             for jit in (True, False)]
+    paths = [run_steps(create(name, 0.01, jit_compile=jit), grads, start) for jit in (True, False)]
     np.testing.assert_allclose(*paths, rtol=1e-5, atol=1e-6)
 
 
 # Optax's test functions: each optimizer, in a compiled loop, must reach a known minimum.
+
 
 def quadratic(x):
     """0.5 * (1 (x0 - 3)^2 + 5 (x1 + 2)^2): minimum 0 at (3, -2)."""
@@ -207,11 +219,14 @@ TEST_FUNCTIONS = [  # (optimizer, loss, start, its minimum, learning rate, steps
 ]
 
 
-@pytest.mark.parametrize("name, loss, start, minimum, learning_rate, steps, tolerance",
-                         TEST_FUNCTIONS, ids=[f"{case[0]}-{case[1].__name__}"
-                                              for case in TEST_FUNCTIONS])
+@pytest.mark.parametrize(
+    "name, loss, start, minimum, learning_rate, steps, tolerance",
+    TEST_FUNCTIONS,
+    ids=[f"{case[0]}-{case[1].__name__}" for case in TEST_FUNCTIONS],
+)
 def test_reaches_the_minimum_of_a_test_function_in_a_compiled_loop_traced_once(
-        name, loss, start, minimum, learning_rate, steps, tolerance):
+    name, loss, start, minimum, learning_rate, steps, tolerance
+):
     x = tf.Variable(np.array(start, np.float32))
     optimizer = create(name, learning_rate)
     optimizer.build([x])

@@ -33,8 +33,14 @@ if os.geteuid() == 0:
 
 @pytest.mark.parametrize("wrapper", WRAPPERS.values(), ids=WRAPPERS.keys())
 def test_a_command_in_a_private_network_listens_where_no_one_outside_reaches(wrapper):
-    inside = start_module("launch.private_network", sys.executable, "-c", INSIDE,
-                          wrapper=wrapper, stdin=subprocess.PIPE)
+    inside = start_module(
+        "launch.private_network",
+        sys.executable,
+        "-c",
+        INSIDE,
+        wrapper=wrapper,
+        stdin=subprocess.PIPE,
+    )
     line = inside.stdout.readline()
     try:
         assert line, finish(inside).stderr
@@ -55,20 +61,25 @@ def test_a_command_in_a_private_network_listens_where_no_one_outside_reaches(wra
 REFUSALS = {
     # A user namespace that maps no one may make no namespace: unshare(2) says EPERM, as it
     # does where unprivileged user namespaces are disabled.
-    "no namespaces": (("unshare", "--user"),
-                      "unshare(CLONE_NEWNET): Operation not permitted; "
-                      "unshare(CLONE_NEWUSER|CLONE_NEWNET): Operation not permitted"),
+    "no namespaces": (
+        ("unshare", "--user"),
+        "unshare(CLONE_NEWNET): Operation not permitted; "
+        "unshare(CLONE_NEWUSER|CLONE_NEWNET): Operation not permitted",
+    ),
 }
 if os.geteuid() == 0:
     # The namespace is made, but its loopback cannot be brought up, as in a sandbox that
     # denies it.
-    REFUSALS["without CAP_NET_ADMIN"] = (("setpriv", "--bounding-set=-net_admin"),
-                                         "bringing up lo: Operation not permitted")
+    REFUSALS["without CAP_NET_ADMIN"] = (
+        ("setpriv", "--bounding-set=-net_admin"),
+        "bringing up lo: Operation not permitted",
+    )
 
 
 @pytest.mark.parametrize("wrapper, reason", REFUSALS.values(), ids=REFUSALS.keys())
-def test_where_no_private_network_can_be_made_it_is_one_line_and_nothing_runs(wrapper, reason,
-                                                                               tmp_path):
+def test_where_no_private_network_can_be_made_it_is_one_line_and_nothing_runs(
+    wrapper, reason, tmp_path
+):
     ran = tmp_path / "ran"
     done = finish(start_module("launch.private_network", "touch", ran, wrapper=wrapper))
     assert done.returncode == 1

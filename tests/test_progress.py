@@ -14,8 +14,9 @@ class Terminal(io.StringIO):
 
 
 def run(stream, enabled=True):
-    progress = Progress(first_step=0, total_steps=20, steps_per_epoch=10, enabled=enabled,
-                        stream=stream)
+    progress = Progress(
+        first_step=0, total_steps=20, steps_per_epoch=10, enabled=enabled, stream=stream
+    )
     for step in range(2, 21, 2):
         progress._last_draw = 0.0  # Draw every update, as if time had passed.
         progress.update(step, TRAIN, 12_345.0)

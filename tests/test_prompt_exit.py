@@ -32,10 +32,20 @@ from trainer.recipe import CHECKPOINT_DIR
 
 # 100 steps an epoch, 10 a compiled call; a checkpoint every 70 steps gives one at step 1190,
 # ten steps before an epoch ends.
-CONFIG = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
-                     epochs=30, learning_rate=3e-3, warmup_epochs=0.0, steps_per_loop=10,
-                     checkpoint_every_steps=70, data_source="bundled", deterministic=True,
-                     run_name="run")
+CONFIG = TrainConfig(
+    strategy="mirrored",
+    cpu_replicas=2,
+    hidden_sizes=(64,),
+    batch_size=500,
+    epochs=30,
+    learning_rate=3e-3,
+    warmup_epochs=0.0,
+    steps_per_loop=10,
+    checkpoint_every_steps=70,
+    data_source="bundled",
+    deterministic=True,
+    run_name="run",
+)
 TOTAL_STEPS = 3000
 AS_THE_SECOND_EPOCH_STARTS = 100
 JUST_BEFORE_AN_EPOCH_ENDS = 1190  # Eleven epochs into the process that resumed at 100.
@@ -55,11 +65,16 @@ def run(logdir, sigterm_at: int | None = None) -> Ended:
     after saving the checkpoint of that step."""
     config = dataclasses.replace(CONFIG, logdir=str(logdir))
     pause = Pause(logdir / f"pause{sigterm_at}", sigterm_at) if sigterm_at else None
-    process = start_module("trainer.train", *command_line(config), stderr=subprocess.STDOUT,
-                           env={**environment(), **(pause.env() if pause else {})})
+    process = start_module(
+        "trainer.train",
+        *command_line(config),
+        stderr=subprocess.STDOUT,
+        env={**environment(), **(pause.env() if pause else {})},
+    )
     lines = []  # (time read, line), read all along: a full pipe would block the trainer.
-    reader = threading.Thread(target=lambda: lines.extend(
-        (time.monotonic(), line) for line in process.stdout))
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.monotonic(), line) for line in process.stdout)
+    )
     reader.start()
     if pause:
         pause.wait(process)
@@ -67,8 +82,7 @@ def run(logdir, sigterm_at: int | None = None) -> Ended:
         pause.release()
     returncode = process.wait(timeout=300)
     reader.join()
-    return Ended(returncode, "".join(line for _, line in lines),
-                 time.monotonic() - lines[-1][0])
+    return Ended(returncode, "".join(line for _, line in lines), time.monotonic() - lines[-1][0])
 
 
 def assert_stopped_with_a_resumable_checkpoint(ended: Ended, run_dir: str, step: int) -> None:

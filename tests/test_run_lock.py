@@ -16,12 +16,22 @@ from tests.toolkit import Pause, command_line, environment, finish, start_module
 from trainer.config import TrainConfig
 from trainer.run import lock
 
-CONFIG = TrainConfig(hidden_sizes=(32,), batch_size=500, epochs=2, warmup_epochs=0.0,
-                     steps_per_loop=10, checkpoint_every_steps=50, data_source="bundled",
-                     run_name="run")
-IN_USE = re.compile(r"^trainer\.train: error: (\S+) is in use by another trainer \(pid (\d+) "
-                    r"on (\S+), since [\d\-T:+]+\); let it finish or stop it, or train into "
-                    r"another --run_name or --logdir$", re.MULTILINE)
+CONFIG = TrainConfig(
+    hidden_sizes=(32,),
+    batch_size=500,
+    epochs=2,
+    warmup_epochs=0.0,
+    steps_per_loop=10,
+    checkpoint_every_steps=50,
+    data_source="bundled",
+    run_name="run",
+)
+IN_USE = re.compile(
+    r"^trainer\.train: error: (\S+) is in use by another trainer \(pid (\d+) "
+    r"on (\S+), since [\d\-T:+]+\); let it finish or stop it, or train into "
+    r"another --run_name or --logdir$",
+    re.MULTILINE,
+)
 
 
 def start(logdir, env=None) -> subprocess.Popen:
@@ -30,8 +40,11 @@ def start(logdir, env=None) -> subprocess.Popen:
 
 
 def files_under(directory) -> dict[str, float]:
-    return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
-            for root, _, names in os.walk(directory) for name in names}
+    return {
+        os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+        for root, _, names in os.walk(directory)
+        for name in names
+    }
 
 
 def test_a_second_trainer_on_a_run_in_use_is_refused_naming_the_first(tmp_path):
@@ -44,8 +57,7 @@ def test_a_second_trainer_on_a_run_in_use_is_refused_naming_the_first(tmp_path):
     assert second.returncode == 1, second.stderr[-3000:]
     refusal = IN_USE.search(second.stderr)
     assert refusal, second.stderr[-3000:]
-    assert refusal.groups() == (str(tmp_path / "runs" / "run"), str(held_pid),
-                                socket.gethostname())
+    assert refusal.groups() == (str(tmp_path / "runs" / "run"), str(held_pid), socket.gethostname())
     assert files_under(tmp_path / "runs") == before  # Nothing written, nothing touched.
 
     pause.release()
@@ -75,15 +87,20 @@ def test_every_worker_of_a_second_job_stops_in_one_line(tmp_path):
         code = local.run_job(2, command_line(config), sink=output, env=environment())
     assert code == 1, output.getvalue()[-3000:]
     text = output.getvalue()
-    assert re.search(rf"\[worker 0\] trainer\.train: error: {run_dir} is in use by another "
-                     rf"trainer \(pid {os.getpid()} ", text), text[-3000:]
-    assert re.search(rf"\[worker 1\] trainer\.train: error: {run_dir} is in use by another "
-                     r"trainer \(the chief's error names it\)", text), text[-3000:]
+    assert re.search(
+        rf"\[worker 0\] trainer\.train: error: {run_dir} is in use by another "
+        rf"trainer \(pid {os.getpid()} ",
+        text,
+    ), text[-3000:]
+    assert re.search(
+        rf"\[worker 1\] trainer\.train: error: {run_dir} is in use by another "
+        r"trainer \(the chief's error names it\)",
+        text,
+    ), text[-3000:]
     assert sorted(p.name for p in run_dir.iterdir()) == [lock.LOCK_FILE]
 
 
-def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch,
-                                                                   caplog):
+def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
@@ -92,4 +109,5 @@ def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monk
         pass
     assert [r.getMessage() for r in caplog.records] == [
         f"cannot lock {tmp_path / lock.LOCK_FILE} ({os.strerror(errno.ENOLCK)}): a second "
-        "trainer on this run directory would not be refused"]
+        "trainer on this run directory would not be refused"
+    ]

@@ -22,8 +22,15 @@ from trainer.recipe import CHECKPOINT_DIR, EXPORT_DIR
 from trainer.run.files import RESULT_FILE
 
 # 200 steps of a small model on 2 workers, as in test_multi_worker.
-CONFIG = TrainConfig(hidden_sizes=(64,), batch_size=500, epochs=2, warmup_epochs=0.0,
-                     steps_per_loop=25, data_source="bundled", run_name="job")
+CONFIG = TrainConfig(
+    hidden_sizes=(64,),
+    batch_size=500,
+    epochs=2,
+    warmup_epochs=0.0,
+    steps_per_loop=25,
+    data_source="bundled",
+    run_name="job",
+)
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 JOB_SECONDS = 240  # Generous: 2 cores shared with other tests and engineers.
 
@@ -55,21 +62,28 @@ class Job:
 @pytest.fixture(scope="module")
 def jobs(slurm, tmp_path_factory) -> dict[str, Job]:
     """The three jobs, submitted at once to share the wait: "trains", "preempted", "fails"."""
+
     def launch(name, submit=False, **config):
         """launch.slurm, started, for a job of 2 tasks training CONFIG with `config`: with
         `submit` its own --submit, else writing the script to job.sh in a new directory."""
         path = tmp_path_factory.mktemp(name)
         trainer = dataclasses.replace(CONFIG, logdir=str(path / "runs"), **config)
         return path, start_module(
-            "launch.slurm", f"--output={path}/job.out", "--tasks_per_node=2",
-            "--submit" if submit else f"--script={path}/job.sh", "--", *command_line(trainer),
-            env=slurm.env)
+            "launch.slurm",
+            f"--output={path}/job.out",
+            "--tasks_per_node=2",
+            "--submit" if submit else f"--script={path}/job.sh",
+            "--",
+            *command_line(trainer),
+            env=slurm.env,
+        )
 
-    started = {"trains": launch("trains", submit=True),
-               # Long enough to be stopped mid-run: 400 steps, a checkpoint every 50.
-               "preempted": launch("preempted", epochs=4, steps_per_loop=5,
-                                   checkpoint_every_steps=50),
-               "fails": launch("fails")}
+    started = {
+        "trains": launch("trains", submit=True),
+        # Long enough to be stopped mid-run: 400 steps, a checkpoint every 50.
+        "preempted": launch("preempted", epochs=4, steps_per_loop=5, checkpoint_every_steps=50),
+        "fails": launch("fails"),
+    }
     submitted = {}
     for name, (path, process) in started.items():
         done = finish(process)
@@ -83,12 +97,16 @@ def jobs(slurm, tmp_path_factory) -> dict[str, Job]:
             # exit 1 at their start.
             (path / "runs").write_text("")
         # The preempted job's worker 1 holds still after saving ckpt-50, to be signalled there.
-        pause = Pause(tmp_path_factory.mktemp("pause"), 50, task=1) if name == "preempted" \
-            else None
+        pause = Pause(tmp_path_factory.mktemp("pause"), 50, task=1) if name == "preempted" else None
         env = {**slurm.env, **(pause.env() if pause else {})}
-        job_id = subprocess.run(["sbatch", "--parsable", str(path / "job.sh")], env=env,
-                                capture_output=True, text=True, timeout=60,
-                                check=True).stdout.strip()
+        job_id = subprocess.run(
+            ["sbatch", "--parsable", str(path / "job.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
         submitted[name] = Job(job_id, path, pause)
     return submitted
 
@@ -102,8 +120,9 @@ def test_sigterm_mid_run_requeues_the_job_and_it_resumes(slurm, jobs):
 
     state = slurm.wait_for_job(job.id, ENDED, JOB_SECONDS)
     output = job.output
-    assert (state["JobState"], state["ExitCode"], state["Restarts"]) == (
-        "COMPLETED", "0:0", "1"), output
+    assert (state["JobState"], state["ExitCode"], state["Restarts"]) == ("COMPLETED", "0:0", "1"), (
+        output
+    )
     first, second = output.split(f"launch.slurm: job {job.id} attempt 2 on ")
     stopped = re.findall(r"SIGTERM: stopped at step (\d+)", first)
     assert len(stopped) == 2 and stopped[0] == stopped[1], first  # Both workers, one step.
@@ -119,12 +138,15 @@ def test_a_job_of_two_tasks_trains_checkpoints_and_exports(slurm, jobs):
     job = jobs["trains"]
     state = slurm.wait_for_job(job.id, ENDED, JOB_SECONDS)
     output = job.output
-    assert (state["JobState"], state["ExitCode"], state["Restarts"]) == (
-        "COMPLETED", "0:0", "0"), output
+    assert (state["JobState"], state["ExitCode"], state["Restarts"]) == ("COMPLETED", "0:0", "0"), (
+        output
+    )
     assert json.loads((job.run_dir / RESULT_FILE).read_text())["steps"] == 200
     assert (job.run_dir / EXPORT_DIR / "200" / "saved_model.pb").exists()
     assert {p.name for p in (job.run_dir / CHECKPOINT_DIR).glob("ckpt-*.index")} == {
-        "ckpt-100.index", "ckpt-200.index"}
+        "ckpt-100.index",
+        "ckpt-200.index",
+    }
     # Two workers from Slurm's tasks, rank 0 the chief, ending with the same weights.
     assert "CollectiveAllReduceStrategy with 2 replica(s): " in output
     assert "CollectiveAllReduceStrategy with 2 replica(s) (worker 1): " in output
@@ -136,8 +158,9 @@ def test_a_trainer_that_fails_leaves_the_job_failed_not_requeued(slurm, jobs):
     job = jobs["fails"]
     state = slurm.wait_for_job(job.id, ENDED, JOB_SECONDS)
     output = job.output
-    assert (state["JobState"], state["ExitCode"], state["Restarts"]) == (
-        "FAILED", "1:0", "0"), output
+    assert (state["JobState"], state["ExitCode"], state["Restarts"]) == ("FAILED", "1:0", "0"), (
+        output
+    )
     assert re.search(r"srun: error: \S+: tasks? [\d,-]+: Exited with exit code 1", output)
     # The job script decides on requeueing before the job ends (launch/slurm_lib.py), so an
     # ended FAILED job with no "requeueing" line stays failed: no wait can show more.
@@ -146,30 +169,48 @@ def test_a_trainer_that_fails_leaves_the_job_failed_not_requeued(slurm, jobs):
 
 def test_every_task_derives_the_same_cluster_in_slurms_node_order(slurm):
     # 2 nodes of 2 tasks; node9 comes before node10 as Slurm orders them, not as strings sort.
-    step = {**slurm.env, "SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[9-10]",
-            "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
+    step = {
+        **slurm.env,
+        "SLURM_JOB_ID": "77",
+        "SLURM_STEP_NODELIST": "node[9-10]",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    }
     base = slurm_step.port_base(77)
     want = [f"node9:{base}", f"node9:{base + 1}", f"node10:{base}", f"node10:{base + 1}"]
-    for rank, (node, local) in enumerate([("node9", 0), ("node9", 1), ("node10", 0),
-                                          ("node10", 1)]):
-        resolver = slurm_step.job_step_cluster({**step, "SLURM_PROCID": str(rank),
-                                             "SLURM_LOCALID": str(local),
-                                             "SLURMD_NODENAME": node})
+    for rank, (node, local) in enumerate(
+        [("node9", 0), ("node9", 1), ("node10", 0), ("node10", 1)]
+    ):
+        resolver = slurm_step.job_step_cluster(
+            {
+                **step,
+                "SLURM_PROCID": str(rank),
+                "SLURM_LOCALID": str(local),
+                "SLURMD_NODENAME": node,
+            }
+        )
         assert resolver.cluster_spec().as_dict() == {"worker": want}
         assert (resolver.task_type, resolver.task_id) == ("worker", rank)
         assert resolver.num_accelerators() == {"GPU": 0}
     # A cyclic distribution puts rank 1 on node10: refused rather than a hang.
     with pytest.raises(strategies.StrategyError, match="srun --distribution=block"):
-        slurm_step.job_step_cluster({**step, "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
-                                  "SLURMD_NODENAME": "node10"})
+        slurm_step.job_step_cluster(
+            {**step, "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURMD_NODENAME": "node10"}
+        )
     # Jobs next to each other on a node listen on different ports.
     assert slurm_step.port_base(78) - base == slurm_step.PORTS_PER_BLOCK
 
 
 def test_a_nodes_gpus_are_shared_out_among_its_tasks(slurm):
-    step = {**slurm.env, "SLURM_JOB_ID": "5", "SLURM_STEP_NODELIST": "gpu1",
-            "SLURM_STEP_TASKS_PER_NODE": "2", "SLURMD_NODENAME": "gpu1", "SLURM_PROCID": "1",
-            "SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    step = {
+        **slurm.env,
+        "SLURM_JOB_ID": "5",
+        "SLURM_STEP_NODELIST": "gpu1",
+        "SLURM_STEP_TASKS_PER_NODE": "2",
+        "SLURMD_NODENAME": "gpu1",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "CUDA_VISIBLE_DEVICES": "0,1,2,3",
+    }
     resolver = slurm_step.job_step_cluster(step)
     assert resolver.num_accelerators() == {"GPU": 2}
     assert step["CUDA_VISIBLE_DEVICES"] == "2,3"

@@ -28,18 +28,34 @@ from trainer.config import TrainConfig
 from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
 # 50 steps of a small model: a few seconds a run, most of it TensorFlow's start-up.
-TINY_CONFIG = TrainConfig(hidden_sizes=(32,), batch_size=1000, epochs=1, data_source="bundled",
-                          warmup_epochs=0.0, steps_per_loop=25)
+TINY_CONFIG = TrainConfig(
+    hidden_sizes=(32,),
+    batch_size=1000,
+    epochs=1,
+    data_source="bundled",
+    warmup_epochs=0.0,
+    steps_per_loop=25,
+)
 TINY = command_line(TINY_CONFIG)
 GRID = ["--grid=optimizer=adam,momentum", "--grid=learning_rate=1e-3,3e-3"]
-RUNS = ["optimizer=adam,learning_rate=0.001", "optimizer=adam,learning_rate=0.003",
-        "optimizer=momentum,learning_rate=0.001", "optimizer=momentum,learning_rate=0.003"]
+RUNS = [
+    "optimizer=adam,learning_rate=0.001",
+    "optimizer=adam,learning_rate=0.003",
+    "optimizer=momentum,learning_rate=0.001",
+    "optimizer=momentum,learning_rate=0.003",
+]
 
 
 def start_sweep(sweep_dir, *args, trainer_args=TINY, env=None) -> subprocess.Popen:
     """launch.sweep on `sweep_dir`; `env`: what to add to its environment."""
-    return start_module("launch.sweep", f"--sweep_dir={sweep_dir}", *args, "--", *trainer_args,
-                        env={**environment(), **(env or {})})
+    return start_module(
+        "launch.sweep",
+        f"--sweep_dir={sweep_dir}",
+        *args,
+        "--",
+        *trainer_args,
+        env={**environment(), **(env or {})},
+    )
 
 
 def run_sweep(sweep_dir, *args, **kwargs) -> tuple[int, str, str]:
@@ -64,7 +80,8 @@ def sweep(tmp_path_factory):
 def test_every_combination_is_a_finished_run_of_the_trainer(sweep):
     sweep_dir, stdout = sweep
     assert sorted(os.listdir(sweep_dir)) == sorted(
-        RUNS + [os.path.basename(p) for p in glob.glob(f"{sweep_dir}/*{EXPERIMENT_SUFFIX}")])
+        RUNS + [os.path.basename(p) for p in glob.glob(f"{sweep_dir}/*{EXPERIMENT_SUFFIX}")]
+    )
     for run in RUNS:
         run_dir = sweep_dir / run
         assert json.loads((run_dir / RESULT_FILE).read_text())["steps"] == 50
@@ -75,8 +92,9 @@ def test_every_combination_is_a_finished_run_of_the_trainer(sweep):
         assert "--hidden_sizes=32\n" in flags_text  # Passed through after `--`.
         assert "launch.sweep:" in (run_dir / LOG_FILE).read_text()
     rows = table_rows(stdout)
-    assert [row[:2] for row in rows] == [run.replace("optimizer=", "").split(",learning_rate=")
-                                         for run in RUNS]
+    assert [row[:2] for row in rows] == [
+        run.replace("optimizer=", "").split(",learning_rate=") for run in RUNS
+    ]
     for row, run in zip(rows, RUNS):
         recorded = json.loads((sweep_dir / run / RESULT_FILE).read_text())
         assert row[2:] == [f"{recorded['test_accuracy']:.4f}", "finished"]
@@ -88,23 +106,42 @@ def test_tensorboard_hparams_dashboard_shows_the_sweep(sweep):
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(sweep_dir))
     multiplexer.Reload()
-    plugin_context = backend_context.Context(base_plugin.TBContext(
-        logdir=str(sweep_dir), multiplexer=multiplexer,
-        data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(sweep_dir))))
+    plugin_context = backend_context.Context(
+        base_plugin.TBContext(
+            logdir=str(sweep_dir),
+            multiplexer=multiplexer,
+            data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(sweep_dir)),
+        )
+    )
     request = context.RequestContext()
 
     experiment = get_experiment.Handler(
-        request, plugin_context, "", api_pb2.GetExperimentRequest()).run()
-    domains = {info.name: [getattr(value, value.WhichOneof("kind"))
-                           for value in info.domain_discrete.values]
-               for info in experiment.hparam_infos}
+        request, plugin_context, "", api_pb2.GetExperimentRequest()
+    ).run()
+    domains = {
+        info.name: [
+            getattr(value, value.WhichOneof("kind")) for value in info.domain_discrete.values
+        ]
+        for info in experiment.hparam_infos
+    }
     assert domains == {"optimizer": ["adam", "momentum"], "learning_rate": [0.001, 0.003]}
     assert [info.name.tag for info in experiment.metric_infos] == list(METRICS)
 
-    groups = list_session_groups.Handler(
-        request, plugin_context, "", api_pb2.ListSessionGroupsRequest(
-            start_index=0, slice_size=10, allowed_statuses=[api_pb2.STATUS_UNKNOWN],
-            aggregation_type=api_pb2.AGGREGATION_AVG)).run().session_groups
+    groups = (
+        list_session_groups.Handler(
+            request,
+            plugin_context,
+            "",
+            api_pb2.ListSessionGroupsRequest(
+                start_index=0,
+                slice_size=10,
+                allowed_statuses=[api_pb2.STATUS_UNKNOWN],
+                aggregation_type=api_pb2.AGGREGATION_AVG,
+            ),
+        )
+        .run()
+        .session_groups
+    )
     assert sorted(group.name for group in groups) == sorted(RUNS)
     for group in groups:
         recorded = json.loads((sweep_dir / group.name / RESULT_FILE).read_text())
@@ -127,19 +164,22 @@ def test_a_rerun_skips_the_finished_runs(sweep):
     events_after = sorted(glob.glob(f"{sweep_dir}/**/events.out.tfevents.*", recursive=True))
     assert len(events_after) == len(events_before)
     assert [p for p in events_after if p.endswith(SESSION_SUFFIX)] == [
-        p for p in events_before if p.endswith(SESSION_SUFFIX)]
+        p for p in events_before if p.endswith(SESSION_SUFFIX)
+    ]
 
 
 def test_a_failing_run_is_reported_and_the_others_still_finish(tmp_path):
     # A batch the flags allow but the data cannot fill: only the trainer finds out.
     trainer_args = [arg for arg in TINY if not arg.startswith("--batch_size=")]
-    code, stdout, stderr = run_sweep(tmp_path, "--parallel=2", "--grid=batch_size=100000,1000",
-                                     trainer_args=trainer_args)
+    code, stdout, stderr = run_sweep(
+        tmp_path, "--parallel=2", "--grid=batch_size=100000,1000", trainer_args=trainer_args
+    )
     assert code == 1, stdout + stderr
     failed, finished = table_rows(stdout)
     assert failed[0] == "100000" and failed[2].startswith("failed (exit 1): ")
-    assert failed[2].endswith("trainer.train: error: --batch_size=100000: larger than the 50000 "
-                              "training examples")
+    assert failed[2].endswith(
+        "trainer.train: error: --batch_size=100000: larger than the 50000 training examples"
+    )
     assert f"log of batch_size=100000: {tmp_path / 'batch_size=100000' / LOG_FILE}" in stdout
     assert finished[0] == "1000" and finished[2] == "finished"
     assert (tmp_path / "batch_size=1000" / RESULT_FILE).exists()
@@ -155,8 +195,10 @@ def test_a_run_refused_by_absl_reports_absls_error_not_its_pointer_to_help(tmp_p
     base.unlink()
     [report] = sweep_lib.run_sweep(sweep, out=io.StringIO())
     assert report.status == "failed (exit 1)"
-    assert report.message == ("FATAL Flags parsing error: ERROR:: Unable to open flagfile: "
-                              f"[Errno 2] No such file or directory: '{base}'")
+    assert report.message == (
+        "FATAL Flags parsing error: ERROR:: Unable to open flagfile: "
+        f"[Errno 2] No such file or directory: '{base}'"
+    )
 
 
 def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
@@ -181,38 +223,68 @@ def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
     assert "resumed from" in log.read_text()
 
 
-@pytest.mark.parametrize("grid, options, problem", [
-    (["learning_rate"], {}, "--grid=learning_rate: expected <trainer flag>="),
-    (["learning_rates=1e-3"], {}, "--grid=learning_rates=1e-3: --learning_rates is not a trainer"),
-    (["learning_rate="], {}, "--grid=learning_rate=: an empty value"),
-    (["learning_rate=1e-3,,2e-3"], {}, "--grid=learning_rate=1e-3,,2e-3: an empty value"),
-    (["learning_rate=fast"], {}, "'fast' is not a value of --learning_rate: expected a number"),
-    (["batch_size=1.5"], {}, "'1.5' is not a value of --batch_size: expected an integer"),
-    (["hidden_sizes=700x0"], {}, "expected positive integers joined by x"),
-    (["learning_rate=1e-3,0.001"], {}, "--grid=learning_rate=1e-3,0.001: 0.001 is listed twice"),
-    (["seed=1", "seed=2"], {}, "--grid=seed=2: --seed is already swept by --grid=seed=1"),
-    (["run_name=a,b"], {}, "--grid=run_name=a,b: --run_name is set by the sweep"),
-    (["logdir=a,b"], {}, "--grid=logdir=a,b: --logdir is set by --sweep_dir"),
-    (["data_dir=/data"], {}, "'/data' is not a value of --data_dir"),
-    ([], {}, "--grid: give at least one"),
-    (["seed=1"], {"sweep_dir": "{tmp}/a_file"}, "--sweep_dir={tmp}/a_file: is a file"),
-    (["seed=1"], {"base_flagfile": "{tmp}/none"}, "--base_flagfile={tmp}/none: no such file"),
-    # Values the trainer would refuse, checked by its own flags for every run before any starts.
-    (["optimizer=adam,sgd"], {},
-     "run optimizer=sgd: --optimizer=sgd: value should be one of <gd|momentum|adam>"),
-    (["learning_rate=1e-3,-1"], {},
-     "run learning_rate=-1.0: --learning_rate=-1.0: must be a positive number"),
-    (["epochs=1,2", "warmup_epochs=1"], {}, "run epochs=1,warmup_epochs=1.0: "
-     "--warmup_epochs=1.0: must be at least 0 and less than --epochs"),
-    (["seed=1"], {"trainer_args": ["--epochs=0"]}, "run seed=1: --epochs=0: must be at least 1"),
-    (["seed=1"], {"base_flagfile": "{tmp}/bad_flags.txt"},
-     "run seed=1: --precision=float8: value should be one of"),
-])
+@pytest.mark.parametrize(
+    "grid, options, problem",
+    [
+        (["learning_rate"], {}, "--grid=learning_rate: expected <trainer flag>="),
+        (
+            ["learning_rates=1e-3"],
+            {},
+            "--grid=learning_rates=1e-3: --learning_rates is not a trainer",
+        ),
+        (["learning_rate="], {}, "--grid=learning_rate=: an empty value"),
+        (["learning_rate=1e-3,,2e-3"], {}, "--grid=learning_rate=1e-3,,2e-3: an empty value"),
+        (["learning_rate=fast"], {}, "'fast' is not a value of --learning_rate: expected a number"),
+        (["batch_size=1.5"], {}, "'1.5' is not a value of --batch_size: expected an integer"),
+        (["hidden_sizes=700x0"], {}, "expected positive integers joined by x"),
+        (
+            ["learning_rate=1e-3,0.001"],
+            {},
+            "--grid=learning_rate=1e-3,0.001: 0.001 is listed twice",
+        ),
+        (["seed=1", "seed=2"], {}, "--grid=seed=2: --seed is already swept by --grid=seed=1"),
+        (["run_name=a,b"], {}, "--grid=run_name=a,b: --run_name is set by the sweep"),
+        (["logdir=a,b"], {}, "--grid=logdir=a,b: --logdir is set by --sweep_dir"),
+        (["data_dir=/data"], {}, "'/data' is not a value of --data_dir"),
+        ([], {}, "--grid: give at least one"),
+        (["seed=1"], {"sweep_dir": "{tmp}/a_file"}, "--sweep_dir={tmp}/a_file: is a file"),
+        (["seed=1"], {"base_flagfile": "{tmp}/none"}, "--base_flagfile={tmp}/none: no such file"),
+        # Values the trainer would refuse, checked by its own flags for every run before any starts.
+        (
+            ["optimizer=adam,sgd"],
+            {},
+            "run optimizer=sgd: --optimizer=sgd: value should be one of <gd|momentum|adam>",
+        ),
+        (
+            ["learning_rate=1e-3,-1"],
+            {},
+            "run learning_rate=-1.0: --learning_rate=-1.0: must be a positive number",
+        ),
+        (
+            ["epochs=1,2", "warmup_epochs=1"],
+            {},
+            "run epochs=1,warmup_epochs=1.0: "
+            "--warmup_epochs=1.0: must be at least 0 and less than --epochs",
+        ),
+        (
+            ["seed=1"],
+            {"trainer_args": ["--epochs=0"]},
+            "run seed=1: --epochs=0: must be at least 1",
+        ),
+        (
+            ["seed=1"],
+            {"base_flagfile": "{tmp}/bad_flags.txt"},
+            "run seed=1: --precision=float8: value should be one of",
+        ),
+    ],
+)
 def test_bad_input_is_refused_naming_the_flag(tmp_path, grid, options, problem):
     (tmp_path / "a_file").write_text("")
     (tmp_path / "bad_flags.txt").write_text("--precision=float8\n")
-    options = {name: value.format(tmp=tmp_path) if isinstance(value, str) else value
-               for name, value in options.items()}
+    options = {
+        name: value.format(tmp=tmp_path) if isinstance(value, str) else value
+        for name, value in options.items()
+    }
     with pytest.raises(LaunchError) as error:
         plan_sweep(grid, **{"sweep_dir": str(tmp_path / "sweep"), **options})
     assert problem.format(tmp=tmp_path) in str(error.value)
@@ -220,14 +292,23 @@ def test_bad_input_is_refused_naming_the_flag(tmp_path, grid, options, problem):
 
 
 def test_values_name_runs_and_reach_the_trainer_as_typed_flags(tmp_path):
-    sweep = plan_sweep(["hidden_sizes=700x500,64", "deterministic=True"], str(tmp_path),
-                       trainer_args=["--epochs=2"])
+    sweep = plan_sweep(
+        ["hidden_sizes=700x500,64", "deterministic=True"],
+        str(tmp_path),
+        trainer_args=["--epochs=2"],
+    )
     [first, second] = sweep.runs
     assert [run.name for run in plan_sweep(["hidden_sizes=700,500"], str(tmp_path)).runs] == [
-        "hidden_sizes=700", "hidden_sizes=500"]  # Two one-layer models.
+        "hidden_sizes=700",
+        "hidden_sizes=500",
+    ]  # Two one-layer models.
     assert first.name == "hidden_sizes=700x500,deterministic=true"
     assert sweep.command(first)[-4:] == [
-        f"--run_name={first.name}", "--epochs=2", "--hidden_sizes=700,500", "--deterministic=true"]
+        f"--run_name={first.name}",
+        "--epochs=2",
+        "--hidden_sizes=700,500",
+        "--deterministic=true",
+    ]
     assert second.values["hidden_sizes"].hparam == "64"
     with pytest.raises(LaunchError, match=r"--hidden_sizes is set by --grid=hidden_sizes=64"):
         plan_sweep(["hidden_sizes=64"], str(tmp_path), trainer_args=["--hidden_sizes=32"])

@@ -15,9 +15,18 @@ from trainer.config import TrainConfig
 from trainer.convergence.suite import SuiteSettings, run_and_report
 from trainer.recipe import train_and_evaluate
 
-TRAIN = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(32,), batch_size=1000,
-                    epochs=1, warmup_epochs=0.0, steps_per_loop=10, profile_steps=(10, 20),
-                    data_source="bundled", run_name="train")
+TRAIN = TrainConfig(
+    strategy="mirrored",
+    cpu_replicas=2,
+    hidden_sizes=(32,),
+    batch_size=1000,
+    epochs=1,
+    warmup_epochs=0.0,
+    steps_per_loop=10,
+    profile_steps=(10, 20),
+    data_source="bundled",
+    run_name="train",
+)
 
 
 def get_json(url: str):
@@ -31,9 +40,15 @@ def server(tmp_path_factory):
     train_and_evaluate(dataclasses.replace(TRAIN, logdir=str(logdir)))
     run_and_report(SuiteSettings(max_iters=50), str(logdir / "convergence"))
     [port] = free_ports(1)
-    process = start_module("tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1",
-                           f"--port={port}", "--load_fast=false", "--reload_interval=1",
-                           stdout=subprocess.DEVNULL)
+    process = start_module(
+        "tensorboard.main",
+        f"--logdir={logdir}",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--load_fast=false",
+        "--reload_interval=1",
+        stdout=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -59,15 +74,26 @@ def test_tensorboard_lists_every_run(server):
     _, url = server
     runs = get_json(f"{url}/data/runs")
     assert "train" in runs and "convergence" in runs
-    assert {f"convergence/{o}@{lr}" for o in ("gd", "momentum", "adam")
-            for lr in ("0.001", "0.01", "0.1")} <= set(runs)
+    assert {
+        f"convergence/{o}@{lr}"
+        for o in ("gd", "momentum", "adam")
+        for lr in ("0.001", "0.01", "0.1")
+    } <= set(runs)
 
 
 def test_tensorboard_serves_the_scalar_tags(server):
     _, url = server
     tags = get_json(f"{url}/data/plugin/scalars/tags")
-    assert {"train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "test/accuracy",
-            "optim/learning_rate", "optim/grad_norm", "perf/examples_per_sec"} <= set(tags["train"])
+    assert {
+        "train/loss",
+        "train/accuracy",
+        "eval/loss",
+        "eval/accuracy",
+        "test/accuracy",
+        "optim/learning_rate",
+        "optim/grad_norm",
+        "perf/examples_per_sec",
+    } <= set(tags["train"])
     assert {"x", "loss"} <= set(tags["convergence/momentum@0.01"])
     points = get_json(f"{url}/data/plugin/scalars/scalars?run=convergence/momentum@0.01&tag=x")
     assert len(points) == 50  # One x per iteration: [wall_time, step, value].

@@ -15,16 +15,33 @@ from tests.toolkit import REPO, environment, finish, start_module
 from trainer.bench import training as bench_training
 from trainer.common import terminal
 
-TINY_RUN = ["--hidden_sizes=16", "--batch_size=1000", "--epochs=1", "--warmup_epochs=0",
-            "--data_source=bundled"]
+TINY_RUN = [
+    "--hidden_sizes=16",
+    "--batch_size=1000",
+    "--epochs=1",
+    "--warmup_epochs=0",
+    "--data_source=bundled",
+]
 # What TensorFlow's libraries print on a plain run when nothing keeps them quiet.
-CHATTER = ["oneDNN", "cpu_feature_guard", "cudart_stub", "cuda_platform", "absl::InitializeLog",
-           "Sharding callback", "signature_serialization", "Assets written", "XLA service",
-           "local_rendezvous"]
+CHATTER = [
+    "oneDNN",
+    "cpu_feature_guard",
+    "cudart_stub",
+    "cuda_platform",
+    "absl::InitializeLog",
+    "Sharding callback",
+    "signature_serialization",
+    "Assets written",
+    "XLA service",
+    "local_rendezvous",
+]
 # A C++ log line, or a Python one through absl: severity, date, time, thread, file:line].
 LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ ([^:\]]+):\d+\] ")
-OUR_FILES = {path.name for package in ("data", "launch", "models", "trainer")
-             for path in (REPO / package).rglob("*.py")}
+OUR_FILES = {
+    path.name
+    for package in ("data", "launch", "models", "trainer")
+    for path in (REPO / package).rglob("*.py")
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +51,14 @@ def outputs(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("terminal")
     commands = {
         "train": ["trainer.train", *TINY_RUN, f"--logdir={logdir}", "--run_name=quiet"],
-        "train -v 1": ["trainer.train", *TINY_RUN, f"--logdir={logdir}", "--run_name=verbose",
-                       "-v", "1"],
+        "train -v 1": [
+            "trainer.train",
+            *TINY_RUN,
+            f"--logdir={logdir}",
+            "--run_name=verbose",
+            "-v",
+            "1",
+        ],
         "bad flag": ["trainer.train", "--batch_size=0", f"--logdir={logdir}"],
         "convergence": ["trainer.convergence", "--max_iters=5", f"--logdir={logdir}/suite"],
     }
@@ -48,15 +71,24 @@ def outputs(tmp_path_factory):
 
 def _library_lines(text: str) -> list[str]:
     """Log lines from files that are not ours (C++ sources, installed packages)."""
-    return [line for line in text.splitlines()
-            if (match := LOG_LINE.match(line)) and match.group(1) not in OUR_FILES]
+    return [
+        line
+        for line in text.splitlines()
+        if (match := LOG_LINE.match(line)) and match.group(1) not in OUR_FILES
+    ]
 
 
 def test_training_shows_our_lines_and_none_of_the_libraries(outputs):
     code, stdout, stderr = outputs["train"]
     assert code == 0, stderr[-3000:]
-    for ours in ("replica(s)", "run directory:", "saved ", "ckpt-50", "weights fingerprint",
-                 "exported SavedModel"):
+    for ours in (
+        "replica(s)",
+        "run directory:",
+        "saved ",
+        "ckpt-50",
+        "weights fingerprint",
+        "exported SavedModel",
+    ):
         assert ours in stderr
     assert "epoch 1/1  step 50/50" in stdout
     assert stdout.splitlines()[-1].startswith("test accuracy: ")
@@ -84,22 +116,27 @@ def test_the_convergence_suite_prints_its_table_alone(outputs):
     assert stdout.startswith("| optimizer ")
     assert stderr == ""
     # The hint names this Python's own tensorboard: .venv/bin/tensorboard from a checkout.
-    program, logdir = re.fullmatch(r"TensorBoard: (\S+) --logdir (\S+)",
-                                   stdout.splitlines()[-1]).groups()
+    program, logdir = re.fullmatch(
+        r"TensorBoard: (\S+) --logdir (\S+)", stdout.splitlines()[-1]
+    ).groups()
     assert logdir.endswith("/suite") and os.path.samefile(
-        os.path.join(REPO, program), os.path.join(os.path.dirname(sys.executable), "tensorboard"))
+        os.path.join(REPO, program), os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    )
 
 
-@pytest.mark.parametrize("argv, verbosity", [
-    ([], 0),
-    (["--verbosity=1"], 1),
-    (["-v", "2"], 2),
-    (["-v=1", "--epochs=2"], 1),
-    (["--verbosity", "-1"], -1),
-    (["--v=1", "--verbosity=0"], 0),  # The last one counts, as in absl.
-    (["--verbosity=x"], 0),  # absl refuses it later, with its own message.
-    (["--workers=2", "--", "--verbosity=1"], 0),  # A worker's flag, after --.
-])
+@pytest.mark.parametrize(
+    "argv, verbosity",
+    [
+        ([], 0),
+        (["--verbosity=1"], 1),
+        (["-v", "2"], 2),
+        (["-v=1", "--epochs=2"], 1),
+        (["--verbosity", "-1"], -1),
+        (["--v=1", "--verbosity=0"], 0),  # The last one counts, as in absl.
+        (["--verbosity=x"], 0),  # absl refuses it later, with its own message.
+        (["--workers=2", "--", "--verbosity=1"], 0),  # A worker's flag, after --.
+    ],
+)
 def test_verbosity_is_read_from_the_command_line_before_absl_parses_it(argv, verbosity):
     assert terminal.verbosity_from(["prog", *argv]) == verbosity
 
@@ -115,12 +152,15 @@ F0000 00:00:1795516774.800000   24051 cpu_feature_guard.cc:100] The TensorFlow l
 """
 
 
-@pytest.mark.parametrize("min_level, kept", [
-    (0, [0, 1, 2, 3, 4, 5, 6]),
-    (1, [4, 5, 6]),  # The INFO record goes with its continuation line.
-    (2, [5, 6]),
-    (3, [6]),
-])
+@pytest.mark.parametrize(
+    "min_level, kept",
+    [
+        (0, [0, 1, 2, 3, 4, 5, 6]),
+        (1, [4, 5, 6]),  # The INFO record goes with its continuation line.
+        (2, [5, 6]),
+        (3, [6]),
+    ],
+)
 def test_start_up_lines_are_held_back_below_the_cpp_log_level(min_level, kept):
     lines = STARTUP.splitlines(keepends=True)
     assert terminal.cpp_lines_to_show(STARTUP, min_level) == "".join(lines[i] for i in kept)
@@ -135,15 +175,15 @@ class _Workload:
 
 def test_the_benchmark_logs_each_round_of_a_measurement(caplog):
     caplog.set_level(logging.INFO, logger="absl")
-    bench_training.measure({"a": _Workload(), "b": _Workload()}, rounds=3,
-                           label="[throughput] batch 128")
+    bench_training.measure(
+        {"a": _Workload(), "b": _Workload()}, rounds=3, label="[throughput] batch 128"
+    )
     assert [r.getMessage() for r in caplog.records] == [
         "[throughput] batch 128: warm-up, one untimed run of each of 2 workloads",
         "[throughput] batch 128: round 1/3",
         "[throughput] batch 128: round 2/3, about 0:00 left",
         "[throughput] batch 128: round 3/3, about 0:00 left",
     ]
-
 
 
 def _assert_ended_by_ctrl_c(module: str, process) -> None:
@@ -155,9 +195,14 @@ def _assert_ended_by_ctrl_c(module: str, process) -> None:
 
 def test_a_ctrl_c_nothing_caught_is_one_line_not_a_traceback():
     # As while an entry point loads TensorFlow, before it has anything to stop.
-    done = subprocess.run([sys.executable, "-c", "import trainer.common.terminal\n"
-                           "raise KeyboardInterrupt"], cwd=REPO, env=environment(),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", "import trainer.common.terminal\nraise KeyboardInterrupt"],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == -signal.SIGINT  # As a shell expects of a program it interrupted.
     assert done.stderr.splitlines() == ["-c: interrupted (Ctrl-C)"], done.stderr
 
@@ -165,8 +210,7 @@ def test_a_ctrl_c_nothing_caught_is_one_line_not_a_traceback():
 def test_ctrl_c_ends_the_convergence_suite_at_once_in_one_line(tmp_path):
     # Inside the suite's one compiled loop (hours long at this max_iters), where Python's own
     # handler would wait for it to end.
-    process = start_module("trainer.convergence", "--max_iters=1000000000",
-                           f"--logdir={tmp_path}")
+    process = start_module("trainer.convergence", "--max_iters=1000000000", f"--logdir={tmp_path}")
     deadline = time.monotonic() + 120
     while not (tmp_path / "settings.json").exists():  # Written as the suite begins.
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()

@@ -25,9 +25,17 @@ from trainer.recipe import CHECKPOINT_DIR, train_and_evaluate
 from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
 # 100 steps an epoch on two logical CPU replicas: seconds, yet real training.
-TINY = TrainConfig(strategy="mirrored", cpu_replicas=2, hidden_sizes=(64,), batch_size=500,
-                   epochs=2, steps_per_loop=40, learning_rate=3e-3, warmup_epochs=0.0,
-                   data_source="bundled")
+TINY = TrainConfig(
+    strategy="mirrored",
+    cpu_replicas=2,
+    hidden_sizes=(64,),
+    batch_size=500,
+    epochs=2,
+    steps_per_loop=40,
+    learning_rate=3e-3,
+    warmup_epochs=0.0,
+    data_source="bundled",
+)
 
 
 def tiny(tmp_path, **overrides) -> TrainConfig:
@@ -44,8 +52,15 @@ def test_a_run_learns_and_logs_to_tensorboard(finished_run):
     config, result = finished_run
     assert result.steps == 200 and result.test_accuracy > 0.9
     logged = scalars(result.run_dir)
-    for tag in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "test/accuracy",
-                "optim/learning_rate", "perf/examples_per_sec"):
+    for tag in (
+        "train/loss",
+        "train/accuracy",
+        "eval/loss",
+        "eval/accuracy",
+        "test/accuracy",
+        "optim/learning_rate",
+        "perf/examples_per_sec",
+    ):
         assert tag in logged, tag
     assert len(logged["train/loss"]) == 2 * 3  # ceil(100 / 40) points an epoch.
     assert logged["train/loss"][-1] < logged["train/loss"][0] / 2
@@ -81,7 +96,9 @@ def test_a_run_keeps_a_checkpoint_per_epoch_and_its_flags(finished_run):
     config, result = finished_run
     checkpoints = tf.train.get_checkpoint_state(os.path.join(result.run_dir, CHECKPOINT_DIR))
     assert [os.path.basename(p) for p in checkpoints.all_model_checkpoint_paths] == [
-        "ckpt-100", "ckpt-200"]
+        "ckpt-100",
+        "ckpt-200",
+    ]
     flags_text = pathlib.Path(result.run_dir, FLAGS_FILE).read_text()
     assert "--hidden_sizes=64\n" in flags_text and "--batch_size=500\n" in flags_text
     assert flags_text.startswith("# git commit ")
@@ -96,8 +113,9 @@ def test_the_export_serves_the_trained_model(finished_run):
     served = tf.saved_model.load(result.export_dir)
     images = tf.constant(test.images[:256])
     from_images = served.signatures["serving_default"](images=images)["probabilities"].numpy()
-    from_pixels = served.signatures["classify_pixels"](
-        pixels=mnist.to_features(images))["probabilities"].numpy()
+    from_pixels = served.signatures["classify_pixels"](pixels=mnist.to_features(images))[
+        "probabilities"
+    ].numpy()
     np.testing.assert_allclose(from_images.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(from_images, from_pixels, rtol=1e-5, atol=1e-6)
     # Same predictions as the model rebuilt from the last checkpoint.
@@ -122,26 +140,33 @@ def test_a_rerun_resumes_and_ends_where_an_uninterrupted_run_ends(finished_run, 
         (checkpoint_dir / part.name).write_bytes(part.read_bytes())
     # The state file CheckpointManager keeps, as it stood after the first epoch's save.
     (checkpoint_dir / "checkpoint").write_text(
-        'model_checkpoint_path: "ckpt-100"\nall_model_checkpoint_paths: "ckpt-100"\n')
+        'model_checkpoint_path: "ckpt-100"\nall_model_checkpoint_paths: "ckpt-100"\n'
+    )
 
     again = train_and_evaluate(resumed)
     assert again.steps == 200
     assert sorted(p.name for p in checkpoint_dir.glob("ckpt-*.index")) == [
-        "ckpt-100.index", "ckpt-200.index"]
+        "ckpt-100.index",
+        "ckpt-200.index",
+    ]
     # Same data order, same ops: the resumed run ends with the same weights.
     want = checkpoint_tensors(checkpoint_path(result.run_dir, 200))
     assert len(want) == 4
-    assert_same_tensors(checkpoint_tensors(checkpoint_path(run_dir, 200)), want,
-                        rtol=1e-6, atol=1e-7)
+    assert_same_tensors(
+        checkpoint_tensors(checkpoint_path(run_dir, 200)), want, rtol=1e-6, atol=1e-7
+    )
 
 
 def test_noxla_update_takes_the_same_steps_op_by_op(finished_run, tmp_path):
     config, result = finished_run
     op_by_op = train_and_evaluate(tiny(tmp_path, xla_update=False))
     # Only float32 rounding tells XLA's fused loop from the op-by-op kernels.
-    assert_same_tensors(checkpoint_tensors(checkpoint_path(op_by_op.run_dir, 200)),
-                        checkpoint_tensors(checkpoint_path(result.run_dir, 200)),
-                        rtol=1e-3, atol=1e-4)
+    assert_same_tensors(
+        checkpoint_tensors(checkpoint_path(op_by_op.run_dir, 200)),
+        checkpoint_tensors(checkpoint_path(result.run_dir, 200)),
+        rtol=1e-3,
+        atol=1e-4,
+    )
 
 
 def test_resuming_with_other_settings_is_refused(finished_run):
@@ -154,13 +179,18 @@ def test_resuming_with_other_settings_is_refused(finished_run):
 def test_rerunning_a_finished_run_from_its_flagfile_reports_it_and_trains_nothing(finished_run):
     config, result = finished_run
     before = {p: p.stat().st_mtime_ns for p in pathlib.Path(result.run_dir).rglob("*")}
-    done = run_module("trainer.train", f"--flagfile={os.path.join(result.run_dir, FLAGS_FILE)}",
-                      "--cpu_replicas=2")
+    done = run_module(
+        "trainer.train",
+        f"--flagfile={os.path.join(result.run_dir, FLAGS_FILE)}",
+        "--cpu_replicas=2",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout == (f"trainer.train: {result.run_dir} finished before: test accuracy "
-                           f"{result.test_accuracy:.4f} after {result.steps} steps; nothing was "
-                           "trained. To train anew, change a setting that names the run, or "
-                           "pass another --run_name or --logdir\n")
+    assert done.stdout == (
+        f"trainer.train: {result.run_dir} finished before: test accuracy "
+        f"{result.test_accuracy:.4f} after {result.steps} steps; nothing was "
+        "trained. To train anew, change a setting that names the run, or "
+        "pass another --run_name or --logdir\n"
+    )
     assert {p: p.stat().st_mtime_ns for p in pathlib.Path(result.run_dir).rglob("*")} == before
 
 
@@ -179,8 +209,11 @@ def test_helpfull_documents_every_setting():
 def test_periodic_work_lands_on_exactly_the_steps_asked_for(tmp_path):
     # With the default 100 steps per compiled run, histograms every 30 steps and a profile of
     # steps 10-20 still land on their own steps: runs are cut wherever anything is due.
-    result = train_and_evaluate(tiny(tmp_path, epochs=1, steps_per_loop=100,
-                                     histogram_every_steps=30, profile_steps=(10, 20)))
+    result = train_and_evaluate(
+        tiny(
+            tmp_path, epochs=1, steps_per_loop=100, histogram_every_steps=30, profile_steps=(10, 20)
+        )
+    )
     found = summaries(result.run_dir)
     assert found["weights/mlp/dense_0/w"].steps == [30, 60, 90]
     assert found["train/loss"].steps == [10, 20, 30, 60, 90, 100]
@@ -190,8 +223,10 @@ def test_periodic_work_lands_on_exactly_the_steps_asked_for(tmp_path):
 
 
 def test_an_export_cut_short_leaves_nothing_under_its_name_and_the_next_one_completes(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     from trainer.run import export as export_module
+
     model = MLP(mnist.NUM_PIXELS, [8], mnist.NUM_CLASSES)
     final = tmp_path / "export" / "100"
     real_save = tf.saved_model.save
@@ -211,16 +246,23 @@ def test_an_export_cut_short_leaves_nothing_under_its_name_and_the_next_one_comp
     export_module.export(model, str(final))
     assert sorted(p.name for p in final.parent.iterdir()) == ["100"]
     served = tf.saved_model.load(str(final))
-    probabilities = served.signatures["serving_default"](
-        images=tf.zeros([2, 28, 28], tf.uint8))["probabilities"]
+    probabilities = served.signatures["serving_default"](images=tf.zeros([2, 28, 28], tf.uint8))[
+        "probabilities"
+    ]
     np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_a_one_epoch_run_works_with_the_default_warm_up(tmp_path):
     # The default warm-up (1 epoch) is not shorter than the run: it shrinks to a tenth of it,
     # and says so. One the user sets is honoured or refused (tests/test_command_lines.py).
-    done = run_module("trainer.train", "--epochs=1", "--hidden_sizes=16", "--batch_size=1000",
-                      "--data_source=bundled", f"--logdir={tmp_path}")
+    done = run_module(
+        "trainer.train",
+        "--epochs=1",
+        "--hidden_sizes=16",
+        "--batch_size=1000",
+        "--data_source=bundled",
+        f"--logdir={tmp_path}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warming up for 0.1 instead" in done.stderr
     [run_dir] = tmp_path.iterdir()

@@ -10,33 +10,45 @@ from trainer.config import TrainConfig
 SET_HERE = {"strategy": "the launcher"}
 
 
-@pytest.mark.parametrize("args, replicas, problem", [
-    (["--epoch=3"], None, "trainer argument --epoch=3: --epoch is not a trainer flag"),
-    (["--strategy=mirrored"], None,
-     "trainer argument --strategy=mirrored: --strategy is set by the launcher"),
-    (["epochs=3"], None, "trainer argument 'epochs=3': expected --<trainer flag>=<value>"),
-    (["--epochs=0"], None, "--epochs=0: must be at least 1"),
-    (["--epochs=x"], None, "--epochs=x: invalid literal for int() with base 10: 'x'"),
-    (["--optimizer=sgd"], None, "--optimizer=sgd: value should be one of <gd|momentum|adam>"),
-    (["--deterministic=maybe"], None, "--deterministic=maybe: ('Non-boolean argument"),
-    (["--hidden_sizes=700,x"], None, "--hidden_sizes=700,x: must be comma-separated integers"),
-    (["--epochs=2", "--warmup_epochs=2"], None,
-     "--warmup_epochs=2.0: must be at least 0 and less than --epochs"),
-    (["--batch_size=510"], 4, "--batch_size=510: must be divisible by the 4 replicas in sync"),
-    ([], 3, "--batch_size=128: must be divisible by the 3 replicas in sync"),  # The default.
-    (["--batch_size=2"], 4, "--batch_size=2: must be divisible by the 4 replicas in sync"),
-])
+@pytest.mark.parametrize(
+    "args, replicas, problem",
+    [
+        (["--epoch=3"], None, "trainer argument --epoch=3: --epoch is not a trainer flag"),
+        (
+            ["--strategy=mirrored"],
+            None,
+            "trainer argument --strategy=mirrored: --strategy is set by the launcher",
+        ),
+        (["epochs=3"], None, "trainer argument 'epochs=3': expected --<trainer flag>=<value>"),
+        (["--epochs=0"], None, "--epochs=0: must be at least 1"),
+        (["--epochs=x"], None, "--epochs=x: invalid literal for int() with base 10: 'x'"),
+        (["--optimizer=sgd"], None, "--optimizer=sgd: value should be one of <gd|momentum|adam>"),
+        (["--deterministic=maybe"], None, "--deterministic=maybe: ('Non-boolean argument"),
+        (["--hidden_sizes=700,x"], None, "--hidden_sizes=700,x: must be comma-separated integers"),
+        (
+            ["--epochs=2", "--warmup_epochs=2"],
+            None,
+            "--warmup_epochs=2.0: must be at least 0 and less than --epochs",
+        ),
+        (["--batch_size=510"], 4, "--batch_size=510: must be divisible by the 4 replicas in sync"),
+        ([], 3, "--batch_size=128: must be divisible by the 3 replicas in sync"),  # The default.
+        (["--batch_size=2"], 4, "--batch_size=2: must be divisible by the 4 replicas in sync"),
+    ],
+)
 def test_a_value_the_trainer_would_refuse_is_one_line_naming_the_flag(args, replicas, problem):
     with pytest.raises(LaunchError) as error:
         check_trainer_args(args, SET_HERE, replicas=replicas)
     assert str(error.value).startswith(problem) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("args, replicas", [
-    (["--batch_size=512", "--epochs=20"], 8),
-    (["--batch_size=510"], None),  # No job size given: the trainer's count decides.
-    (["--verbosity=1", "--nodeterministic", "--hidden_sizes=64,32"], 1),
-])
+@pytest.mark.parametrize(
+    "args, replicas",
+    [
+        (["--batch_size=512", "--epochs=20"], 8),
+        (["--batch_size=510"], None),  # No job size given: the trainer's count decides.
+        (["--verbosity=1", "--nodeterministic", "--hidden_sizes=64,32"], 1),
+    ],
+)
 def test_what_the_trainer_accepts_is_passed_through_as_given(args, replicas):
     assert check_trainer_args(args, SET_HERE, replicas=replicas) == args
 
@@ -46,5 +58,6 @@ def test_the_config_is_the_one_the_trainer_would_build(tmp_path):
     flagfile.write_text("# a run's flags.txt\n--optimizer=momentum\n--epochs=5\n")
     config = trainer_config([f"--flagfile={flagfile}", "--epochs=1", "--hidden_sizes=64"])
     # Later flags win; the default warm-up shrinks to a tenth of a short run, as in the trainer.
-    assert config == TrainConfig(optimizer="momentum", epochs=1, hidden_sizes=(64,),
-                                 warmup_epochs=0.1)
+    assert config == TrainConfig(
+        optimizer="momentum", epochs=1, hidden_sizes=(64,), warmup_epochs=0.1
+    )

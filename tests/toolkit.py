@@ -26,21 +26,25 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Our programs as subprocesses.
 
+
 def environment(**overrides: str) -> dict[str, str]:
     """The environment of a program started by a test: ours, TensorFlow's C++ logging quiet,
     and the repository importable from any working directory."""
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO), **overrides)
 
 
-def start_module(module: str, *args, wrapper: tuple[str, ...] = (),
-                 **popen_options) -> subprocess.Popen:
+def start_module(
+    module: str, *args, wrapper: tuple[str, ...] = (), **popen_options
+) -> subprocess.Popen:
     """Starts `python -m <module> <args>` from the repository, its stdout and stderr as text
     pipes; `popen_options` (cwd, env, stdout, stderr, ...) replace those defaults. `wrapper`
     is a command that runs it (`unshare --user`, `setpriv ...`)."""
-    options = dict(cwd=REPO, env=environment(), stdout=subprocess.PIPE,
-                   stderr=subprocess.PIPE, text=True)
-    return subprocess.Popen([*wrapper, sys.executable, "-m", module, *map(str, args)],
-                            **{**options, **popen_options})
+    options = dict(
+        cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return subprocess.Popen(
+        [*wrapper, sys.executable, "-m", module, *map(str, args)], **{**options, **popen_options}
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -55,8 +59,9 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.Comple
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def run_module(module: str, *args, timeout: float = 300,
-               **popen_options) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args, timeout: float = 300, **popen_options
+) -> subprocess.CompletedProcess:
     """Runs `python -m <module> <args>` to its end (see start_module)."""
     return finish(start_module(module, *args, **popen_options), timeout)
 
@@ -80,9 +85,12 @@ class Pause:
 
     def env(self) -> dict[str, str]:
         """What to add to the environment of the trainer, or of the launcher that starts it."""
-        return {"PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "pause_hook"), str(REPO)]),
-                "TRAINER_TEST_PAUSE": json.dumps({"directory": str(self.directory),
-                                                  "step": self.step, "task": self.task})}
+        return {
+            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "pause_hook"), str(REPO)]),
+            "TRAINER_TEST_PAUSE": json.dumps(
+                {"directory": str(self.directory), "step": self.step, "task": self.task}
+            ),
+        }
 
     def wait(self, process=None, timeout: float = 300) -> int:
         """Returns the held process's pid once it is held. `process` (a Popen, or a callable
@@ -90,8 +98,9 @@ class Pause:
         deadline = time.monotonic() + timeout
         paused = self.directory / "paused"
         while not paused.exists():
-            running = (process.poll() is None if hasattr(process, "poll")
-                       else process is None or process())
+            running = (
+                process.poll() is None if hasattr(process, "poll") else process is None or process()
+            )
             assert running, f"ended before it was held ({self})"
             assert time.monotonic() < deadline, f"not held in {timeout} s ({self})"
             time.sleep(0.05)
@@ -107,20 +116,26 @@ class Pause:
 
 # Trainer command lines.
 
+
 def command_line(config: TrainConfig) -> list[str]:
     """The trainer flags that give `config`: `--<field>=<value>` for each field not at its
     default, so one TrainConfig serves a test both in process and on a command line."""
     defaults = TrainConfig().as_flags()
-    return [f"--{name}={value}" for name, value in config.as_flags().items()
-            if defaults.get(name) != value]
+    return [
+        f"--{name}={value}"
+        for name, value in config.as_flags().items()
+        if defaults.get(name) != value
+    ]
 
 
 # What a run wrote.
+
 
 @dataclasses.dataclass
 class Summary:
     """One tag in a run's event files: its TensorBoard plugin, and the step and value of each
     event, in the order written."""
+
     plugin: str
     steps: list[int]
     values: list[np.ndarray]
@@ -134,7 +149,8 @@ def summaries(run_dir) -> dict[str, Summary]:
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 summary = found.setdefault(
-                    value.tag, Summary(value.metadata.plugin_data.plugin_name, [], []))
+                    value.tag, Summary(value.metadata.plugin_data.plugin_name, [], [])
+                )
                 summary.steps.append(event.step)
                 summary.values.append(tf.make_ndarray(value.tensor))
     return found
@@ -142,8 +158,11 @@ def summaries(run_dir) -> dict[str, Summary]:
 
 def scalars(run_dir) -> dict[str, list[float]]:
     """{tag: [value per event]} of the scalar summaries in `run_dir`."""
-    return {tag: [float(v) for v in summary.values]
-            for tag, summary in summaries(run_dir).items() if summary.plugin == "scalars"}
+    return {
+        tag: [float(v) for v in summary.values]
+        for tag, summary in summaries(run_dir).items()
+        if summary.plugin == "scalars"
+    }
 
 
 def checkpoint_path(run_dir, step: int) -> str:
@@ -159,8 +178,11 @@ def checkpoint_tensors(path: str, scopes=WEIGHTS) -> dict[str, np.ndarray]:
     """{key: value} of the tensors of checkpoint `path` (a ckpt-N prefix) whose key starts with
     one of `scopes`: the model's weights by default."""
     reader = tf.train.load_checkpoint(path)
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith(tuple(scopes))}
+    return {
+        key: reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if key.startswith(tuple(scopes))
+    }
 
 
 def assert_same_tensors(got: dict, want: dict, rtol: float = 0.0, atol: float = 0.0) -> None:

@@ -1,8 +1,8 @@
 """Screenshots of TensorBoard's Scalars, Images and Histograms dashboards, as PNG files.
 
-    python -m tools.tensorboard_screenshots                   # trains a short run first (about 30 s)
-    python -m tools.tensorboard_screenshots --logdir=runs     # shows the runs already there
-    python -m tools.tensorboard_screenshots --out_dir=docs/screenshots   # the README's pictures
+    python -m tools.tensorboard_screenshots                  # trains a short run first (about 30 s)
+    python -m tools.tensorboard_screenshots --logdir=runs    # shows the runs already there
+    python -m tools.tensorboard_screenshots --out_dir=docs/screenshots  # the README's pictures
 
 Without --logdir (or with one that holds no runs yet) it writes a 3-epoch training run `mlp`
 and the convergence suite `convergence/...`, starts the real TensorBoard on a free 127.0.0.1
@@ -29,12 +29,18 @@ from absl import app, flags, logging
 
 from launch.ports import free_ports
 
-flags.DEFINE_string("logdir", None,
-                    "Runs to show. If unset or without runs, a short training run and the "
-                    "convergence suite are written there first (unset: a temporary directory).")
-flags.DEFINE_string("out_dir", os.path.join("runs", "screenshots"),
-                    "Where the PNG files go; the README's pictures are in docs/screenshots, "
-                    "replaced only when named here.")
+flags.DEFINE_string(
+    "logdir",
+    None,
+    "Runs to show. If unset or without runs, a short training run and the "
+    "convergence suite are written there first (unset: a temporary directory).",
+)
+flags.DEFINE_string(
+    "out_dir",
+    os.path.join("runs", "screenshots"),
+    "Where the PNG files go; the README's pictures are in docs/screenshots, "
+    "replaced only when named here.",
+)
 flags.DEFINE_string("chromium", "chromium", "The Chromium binary (a path or a name on PATH).")
 
 FLAGS = flags.FLAGS
@@ -43,9 +49,9 @@ FLAGS = flags.FLAGS
 @dataclasses.dataclass(frozen=True)
 class Dashboard:
     file_name: str
-    tab: str         # TensorBoard's URL fragment for the dashboard.
+    tab: str  # TensorBoard's URL fragment for the dashboard.
     tag_filter: str  # The regex in the dashboard's tag filter box, kept in the URL.
-    height: int      # Window height that frames the "Tags matching" section and little else.
+    height: int  # Window height that frames the "Tags matching" section and little else.
 
 
 DASHBOARDS = (
@@ -67,14 +73,24 @@ def write_demo_runs(logdir: str) -> None:
     from trainer.convergence.suite import SuiteSettings, run_and_report
     from trainer.recipe import train_and_evaluate
 
-    train_and_evaluate(TrainConfig(logdir=logdir, run_name="mlp", epochs=3, hidden_sizes=(256,),
-                                   batch_size=256, data_source="bundled", warmup_epochs=0.0))
+    train_and_evaluate(
+        TrainConfig(
+            logdir=logdir,
+            run_name="mlp",
+            epochs=3,
+            hidden_sizes=(256,),
+            batch_size=256,
+            data_source="bundled",
+            warmup_epochs=0.0,
+        )
+    )
     run_and_report(SuiteSettings(), os.path.join(logdir, "convergence"))
 
 
 def has_runs(logdir: str) -> bool:
-    return any(name.startswith("events.out.tfevents.")
-               for _, _, names in os.walk(logdir) for name in names)
+    return any(
+        name.startswith("events.out.tfevents.") for _, _, names in os.walk(logdir) for name in names
+    )
 
 
 @contextlib.contextmanager
@@ -86,10 +102,21 @@ def tensorboard(logdir: str, log_path: str, timeout: float = 120.0):
         # A blocking, one-off load: the server answers only once every run is read, and no
         # reload changes the data while the pages render.
         process = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1",
-             f"--port={port}", "--load_fast=false", "--reload_task=blocking",
-             "--reload_interval=0"],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                f"--logdir={logdir}",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                "--load_fast=false",
+                "--reload_task=blocking",
+                "--reload_interval=0",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -99,8 +126,9 @@ def tensorboard(logdir: str, log_path: str, timeout: float = 120.0):
             except OSError:
                 pass
             if process.poll() is not None:
-                raise RuntimeError(f"TensorBoard exited with code {process.returncode}: "
-                                   f"{_tail(log_path)}")
+                raise RuntimeError(
+                    f"TensorBoard exited with code {process.returncode}: {_tail(log_path)}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"TensorBoard did not answer within {timeout:.0f} s")
             time.sleep(0.5)
@@ -130,16 +158,31 @@ def screenshot(chromium: str, url: str, out_path: str, height: int, scratch_dir:
     """Loads `url` in headless Chromium with a fresh profile and saves the window as a PNG."""
     with tempfile.TemporaryDirectory(dir=scratch_dir) as profile:
         result = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-sync",
-             # Without these Chromium keeps calling Google's servers, which fail offline.
-             "--disable-background-networking", "--disable-component-update",
-             f"--user-data-dir={profile}", f"--window-size={WINDOW_WIDTH},{height}",
-             f"--virtual-time-budget={VIRTUAL_TIME_MS}", f"--screenshot={out_path}", url],
-            capture_output=True, text=True, timeout=180)
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-sync",
+                # Without these Chromium keeps calling Google's servers, which fail offline.
+                "--disable-background-networking",
+                "--disable-component-update",
+                f"--user-data-dir={profile}",
+                f"--window-size={WINDOW_WIDTH},{height}",
+                f"--virtual-time-budget={VIRTUAL_TIME_MS}",
+                f"--screenshot={out_path}",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     if result.returncode != 0 or not os.path.isfile(out_path):
-        raise RuntimeError(f"chromium failed on {url} (code {result.returncode}): "
-                           f"{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"chromium failed on {url} (code {result.returncode}): {result.stderr[-2000:]}"
+        )
 
 
 def capture(logdir: str, out_dir: str, chromium: str, scratch_dir: str) -> list[str]:
@@ -156,8 +199,9 @@ def capture(logdir: str, out_dir: str, chromium: str, scratch_dir: str) -> list[
                 print(f"skipped {dashboard.tab}: no such data under {logdir}")
                 continue
             path = os.path.join(out_dir, dashboard.file_name)
-            screenshot(chromium, dashboard_url(server_url, dashboard), path, dashboard.height,
-                       scratch_dir)
+            screenshot(
+                chromium, dashboard_url(server_url, dashboard), path, dashboard.height, scratch_dir
+            )
             paths.append(path)
     return paths
 
@@ -173,8 +217,10 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Read when TensorFlow loads, if it does.
     chromium = shutil.which(FLAGS.chromium)
     if chromium is None:
-        sys.exit(f"tools.tensorboard_screenshots: error: {FLAGS.chromium} not found; "
-                 "install Debian's chromium: apt-get install chromium")
+        sys.exit(
+            f"tools.tensorboard_screenshots: error: {FLAGS.chromium} not found; "
+            "install Debian's chromium: apt-get install chromium"
+        )
     if FLAGS.logdir is not None and os.path.isfile(FLAGS.logdir):
         sys.exit(f"tools.tensorboard_screenshots: error: --logdir={FLAGS.logdir} is a file")
     with tempfile.TemporaryDirectory(prefix="screenshots-") as scratch_dir:

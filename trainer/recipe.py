@@ -49,7 +49,8 @@ class RunFinished(Exception):
         super().__init__(
             f"{run_dir} finished before: test accuracy {result['test_accuracy']:.4f} after "
             f"{result['steps']} steps; nothing was trained. To train anew, change a setting "
-            "that names the run, or pass another --run_name or --logdir")
+            "that names the run, or pass another --run_name or --logdir"
+        )
         self.result = result
 
 
@@ -66,8 +67,9 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
         return _train_and_evaluate(config, strategy, until_the_run_ends)
 
 
-def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
-                        until_the_run_ends: contextlib.ExitStack) -> TrainResult:
+def _train_and_evaluate(
+    config: TrainConfig, strategy: tf.distribute.Strategy, until_the_run_ends: contextlib.ExitStack
+) -> TrainResult:
     chief = workers.is_chief(strategy)  # Only the chief writes files of the run.
     logging.info("%s", workers.describe(strategy))
 
@@ -91,9 +93,13 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
 
     # Checkpoint: resume from the newest readable one in the run directory.
     checkpoints = RunCheckpoints(
-        state.checkpoint(), os.path.join(run_dir, CHECKPOINT_DIR), config.max_checkpoints,
-        chief, workers.task_name(strategy),
-        chief_value=lambda value: workers.chief_value(strategy, value))
+        state.checkpoint(),
+        os.path.join(run_dir, CHECKPOINT_DIR),
+        config.max_checkpoints,
+        chief,
+        workers.task_name(strategy),
+        chief_value=lambda value: workers.chief_value(strategy, value),
+    )
     run = Resumable(state, inputs, checkpoints, config.nonfinite_retries)
     step = run.resume()
     writer = MetricsWriter(run_dir, is_chief=chief)
@@ -105,20 +111,26 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
         periodic = [
             actions.WriteTrainScalars(writer),
             actions.WriteGraph(writer),
-            actions.WriteHistograms(config.histogram_every_steps or steps_per_epoch, state,
-                                    writer),
+            actions.WriteHistograms(config.histogram_every_steps or steps_per_epoch, state, writer),
             actions.Evaluate(steps_per_epoch, state, *inputs.eval_set("validation"), writer),
             actions.WriteMisclassified(steps_per_epoch, state, data.validation, writer),
             actions.ReportProgress(Progress(step, total_steps, steps_per_epoch, enabled=chief)),
-            actions.SaveCheckpoint([steps_per_epoch, config.checkpoint_every_steps],
-                                   checkpoints, writer),
+            actions.SaveCheckpoint(
+                [steps_per_epoch, config.checkpoint_every_steps], checkpoints, writer
+            ),
             actions.SaveIfPreempted(stop_signals),  # Across workers: saves, raises Preempted.
         ]
         if chief and config.profile_steps:
             periodic.append(actions.Profile(run_dir, *config.profile_steps))
-        step = Controller(run.train, periodic, total_steps, config.steps_per_loop,
-                          stop_requested=lambda: stop_signals.requested,
-                          recoverable=(DivergenceError,), recover=run.recover).run(step)
+        step = Controller(
+            run.train,
+            periodic,
+            total_steps,
+            config.steps_per_loop,
+            stop_requested=lambda: stop_signals.requested,
+            recoverable=(DivergenceError,),
+            recover=run.recover,
+        ).run(step)
     if step < total_steps:
         writer.close()
         raise stop_signals.stopped(step, total_steps)
@@ -129,10 +141,14 @@ def _train_and_evaluate(config: TrainConfig, strategy: tf.distribute.Strategy,
     writer.close()
     # Every worker holds the same weights; this line lets a person (and a test) check it.
     logging.info("weights fingerprint at step %d: %s", step, weights_fingerprint(state.model))
-    result = TrainResult(run_dir=run_dir, steps=step, test_accuracy=test["accuracy"],
-                         test_loss=test["loss"],
-                         export_dir=os.path.join(run_dir, EXPORT_DIR, str(step)),
-                         skipped_windows=state.skipped_windows.numpy().tolist())
+    result = TrainResult(
+        run_dir=run_dir,
+        steps=step,
+        test_accuracy=test["accuracy"],
+        test_loss=test["loss"],
+        export_dir=os.path.join(run_dir, EXPORT_DIR, str(step)),
+        skipped_windows=state.skipped_windows.numpy().tolist(),
+    )
     if chief:
         export_once(state.model, result.export_dir)
         files.write_result(run_dir, result)
@@ -143,8 +159,9 @@ class Resumable:
     """The train state and its batches, positioned at the newest readable checkpoint: where a
     run starts, and where it goes back to when a compiled run of steps diverges."""
 
-    def __init__(self, state: TrainState, inputs: Inputs, checkpoints: RunCheckpoints,
-                 retries: int):
+    def __init__(
+        self, state: TrainState, inputs: Inputs, checkpoints: RunCheckpoints, retries: int
+    ):
         self.state, self.inputs, self.checkpoints = state, inputs, checkpoints
         self.retries_left = retries
         self.batches = self.restored_from = None
@@ -164,21 +181,28 @@ class Resumable:
         spent. Every worker decides alike: they all met the same non-finite values (gradients
         are summed across them) and restore the checkpoint the chief picks."""
         if not self.retries_left:
-            raise DivergenceError(f"{error}; stopping. The run's checkpoints hold no NaN: "
-                                  "the last one is where to go on from.", error.step) from None
+            raise DivergenceError(
+                f"{error}; stopping. The run's checkpoints hold no NaN: "
+                "the last one is where to go on from.",
+                error.step,
+            ) from None
         self.retries_left -= 1
-        logging.warning("%s; restoring the last good checkpoint (%d retries left)",
-                        error, self.retries_left)
+        logging.warning(
+            "%s; restoring the last good checkpoint (%d retries left)", error, self.retries_left
+        )
         self._restore()
         if self.restored_from is None:
-            raise DivergenceError(f"{error}; stopping: no checkpoint to go back to "
-                                  "(--checkpoint_every_steps saves more often)",
-                                  error.step) from None
+            raise DivergenceError(
+                f"{error}; stopping: no checkpoint to go back to "
+                "(--checkpoint_every_steps saves more often)",
+                error.step,
+            ) from None
         # Replaying the same batches from the same weights would diverge again.
         first, last = self.state.step + 1, max(error.step, self.state.step + 1)
         self.state.skip_window(first, last)
-        logging.warning("skipping the batches of steps %d-%d, on which training diverged",
-                        first, last)
+        logging.warning(
+            "skipping the batches of steps %d-%d, on which training diverged", first, last
+        )
         self.batches = self.inputs.train_batches(self.state.data_position)
         return self.state.step
 
@@ -191,8 +215,11 @@ class Resumable:
 def export_once(model: tf.Module, export_dir: str) -> None:
     """Exports the SavedModel, unless a rerun of a finished run finds it there already."""
     if os.path.exists(export_dir):
-        logging.info("export for step %s already in %s; kept as it is",
-                     os.path.basename(export_dir), export_dir)
+        logging.info(
+            "export for step %s already in %s; kept as it is",
+            os.path.basename(export_dir),
+            export_dir,
+        )
     else:
         export(model, export_dir)
         logging.info("exported SavedModel to %s", export_dir)
@@ -208,7 +235,8 @@ def prepare_run_dir(config: TrainConfig) -> str:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
         raise ConfigError(
-            f"--logdir={config.logdir}: cannot create {run_dir} ({e.strerror})") from None
+            f"--logdir={config.logdir}: cannot create {run_dir} ({e.strerror})"
+        ) from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"--logdir={config.logdir}: {run_dir} is not writable")
     logging.info("run directory: %s", run_dir)
@@ -216,8 +244,9 @@ def prepare_run_dir(config: TrainConfig) -> str:
     return run_dir
 
 
-def lock_run_dir(run_dir: str, strategy: tf.distribute.Strategy,
-                 until_the_run_ends: contextlib.ExitStack) -> None:
+def lock_run_dir(
+    run_dir: str, strategy: tf.distribute.Strategy, until_the_run_ends: contextlib.ExitStack
+) -> None:
     """One trainer (one job) per run directory: the chief holds its lock until the run ends.
     Raises RunInUse on every worker when another holds it: the chief tells the others (a
     collective), so a second job stops whole rather than lose its chief as a peer."""
@@ -229,7 +258,8 @@ def lock_run_dir(run_dir: str, strategy: tf.distribute.Strategy,
             refused = e
     if workers.chief_value(strategy, int(refused is not None)):
         raise refused or lock.RunInUse(
-            f"{run_dir} is in use by another trainer (the chief's error names it)")
+            f"{run_dir} is in use by another trainer (the chief's error names it)"
+        )
 
 
 def check_not_finished(config: TrainConfig) -> None:

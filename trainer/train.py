@@ -51,11 +51,16 @@ def main(argv):
         # checkpoints rather than fail it as it would on exit 1 (launch/kubernetes_lib.py).
         if "/job:" not in e.message:
             raise
-        logging.warning("a worker of the job was lost; stopping: %s; rerun the same command "
-                        "to resume from the latest checkpoint", " ".join(e.message.split()))
+        logging.warning(
+            "a worker of the job was lost; stopping: %s; rerun the same command "
+            "to resume from the latest checkpoint",
+            " ".join(e.message.split()),
+        )
         sys.exit(PREEMPTED_EXIT_CODE)
-    print(f"test accuracy: {result.test_accuracy:.4f} (loss {result.test_loss:.4f}) "
-          f"after {result.steps} steps; run directory {result.run_dir}")
+    print(
+        f"test accuracy: {result.test_accuracy:.4f} (loss {result.test_loss:.4f}) "
+        f"after {result.steps} steps; run directory {result.run_dir}"
+    )
 
 
 if __name__ == "__main__":

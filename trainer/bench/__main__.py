@@ -46,10 +46,16 @@ flags.DEFINE_string("json", None, "If set, also write the measurements to this n
 
 FLAGS = flags.FLAGS
 
-flags.register_validator("sections", lambda names: bool(names) and set(names) <= set(SECTIONS),
-                         f"must name sections of: {', '.join(SECTIONS)}")
-flags.register_validator("json", lambda path: not path or not os.path.exists(path),
-                         "already exists; remove it or choose another path")
+flags.register_validator(
+    "sections",
+    lambda names: bool(names) and set(names) <= set(SECTIONS),
+    f"must name sections of: {', '.join(SECTIONS)}",
+)
+flags.register_validator(
+    "json",
+    lambda path: not path or not os.path.exists(path),
+    "already exists; remove it or choose another path",
+)
 
 
 def _format(value) -> str:
@@ -68,9 +74,16 @@ def main(argv):
             start = time.monotonic()
             measurements[name] = SECTIONS[name]()
             logging.info("[%s] done in %.0f s", name, time.monotonic() - start)
-    print(markdown_table(["section", "measure", "value"], [
-        [section, measure, _format(value)]
-        for section, values in measurements.items() for measure, value in values.items()]))
+    print(
+        markdown_table(
+            ["section", "measure", "value"],
+            [
+                [section, measure, _format(value)]
+                for section, values in measurements.items()
+                for measure, value in values.items()
+            ],
+        )
+    )
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(measurements, f, indent=2)

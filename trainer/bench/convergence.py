@@ -20,8 +20,9 @@ def run(settings: SuiteSettings = SuiteSettings(), repeats: int = 5) -> dict:
     graph; later calls (the median of `repeats`) run it only.
     """
     start = time.perf_counter()
-    eager = notebook.run_suite(settings.optimizers, settings.learning_rates,
-                                         settings.init_val, settings.max_iters)
+    eager = notebook.run_suite(
+        settings.optimizers, settings.learning_rates, settings.init_val, settings.max_iters
+    )
     eager_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -44,5 +45,6 @@ def run(settings: SuiteSettings = SuiteSettings(), repeats: int = 5) -> dict:
         "results_match": all(
             (eager[key].outcome, eager[key].iteration, eager[key].final)
             == (result.outcome, result.iteration, result.final)
-            for key, result in compiled.items()),
+            for key, result in compiled.items()
+        ),
     }

@@ -52,31 +52,44 @@ GOAL_BF16_OVER_MATMUL = 0.75
 def throughput() -> dict:
     results = {}
     for batch_size in BATCH_SIZES:
-        ours = {f"ours_{precision}{'_jit' * jit}": cached_trainer("one_device", 1, batch_size,
-                                                                 precision, jit)
-                for jit in (False, True) for precision in PRECISIONS}
-        keras = {f"keras_{precision}_spe{spe}": KerasTrainer(
-                     bench_config(batch_size, precision=precision), spe)
-                 for precision in KERAS_PRECISIONS for spe in KERAS_STEPS_PER_EXECUTION}
+        ours = {
+            f"ours_{precision}{'_jit' * jit}": cached_trainer(
+                "one_device", 1, batch_size, precision, jit
+            )
+            for jit in (False, True)
+            for precision in PRECISIONS
+        }
+        keras = {
+            f"keras_{precision}_spe{spe}": KerasTrainer(
+                bench_config(batch_size, precision=precision), spe
+            )
+            for precision in KERAS_PRECISIONS
+            for spe in KERAS_STEPS_PER_EXECUTION
+        }
         rates = measure({**ours, **keras}, label=f"[precision_throughput] batch {batch_size}")
         b = f"b{batch_size}_"
         results.update({f"{b}{name}_examples_per_s": round(rates.median(name)) for name in rates})
-        best = {precision: max((name for name in keras if f"_{precision}_" in name),
-                               key=rates.median) for precision in KERAS_PRECISIONS}
+        best = {
+            precision: max((name for name in keras if f"_{precision}_" in name), key=rates.median)
+            for precision in KERAS_PRECISIONS
+        }
         best_any = max(best.values(), key=rates.median)
         for precision, name in best.items():
             results[f"{b}keras_{precision}_best_spe"] = int(name.rsplit("spe", 1)[1])
         for name in ours:
             results[f"{b}{name}_over_keras_best"] = rates.ratio(name, best_any)
         results[f"{b}ours_mixed_bfloat16_over_keras_mixed_bfloat16_best"] = rates.ratio(
-            "ours_mixed_bfloat16", best["mixed_bfloat16"])
+            "ours_mixed_bfloat16", best["mixed_bfloat16"]
+        )
         results[f"{b}jit_over_nojit_float32"] = rates.ratio("ours_float32_jit", "ours_float32")
     first = f"b{BATCH_SIZES[0]}_"
     results[f"goal_{first}bf16_over_keras_best_ge_{GOAL_BF16_OVER_KERAS_BEST}"] = (
-        results[f"{first}ours_mixed_bfloat16_over_keras_best"] >= GOAL_BF16_OVER_KERAS_BEST)
+        results[f"{first}ours_mixed_bfloat16_over_keras_best"] >= GOAL_BF16_OVER_KERAS_BEST
+    )
     results[f"goal_{first}bf16_over_keras_bf16_ge_{GOAL_BF16_OVER_KERAS_BF16}"] = (
         results[f"{first}ours_mixed_bfloat16_over_keras_mixed_bfloat16_best"]
-        >= GOAL_BF16_OVER_KERAS_BF16)
+        >= GOAL_BF16_OVER_KERAS_BF16
+    )
     return results
 
 
@@ -86,16 +99,20 @@ def ceiling() -> dict:
     results = {}
     for precision in PRECISIONS:
         dtype = COMPUTE_DTYPES[precision]
-        rates = measure({"matmul": MatmulChain(device, dtype=dtype),
-                         "ours": cached_trainer("one_device", 1, batch_size, precision)},
-                        label=f"[precision_ceiling] {precision}")
+        rates = measure(
+            {
+                "matmul": MatmulChain(device, dtype=dtype),
+                "ours": cached_trainer("one_device", 1, batch_size, precision),
+            },
+            label=f"[precision_ceiling] {precision}",
+        )
         b = f"b{batch_size}_{precision}_"
         results[f"matmul_{dtype.name}_gflop_per_s"] = rates.median("matmul") / 1e9
         results[b + "ours_gflop_per_s"] = rates.median("ours") * flops_per_example() / 1e9
-        results[b + "ours_over_matmul"] = (rates.ratio("ours", "matmul")
-                                           * flops_per_example())
+        results[b + "ours_over_matmul"] = rates.ratio("ours", "matmul") * flops_per_example()
     results[f"goal_b{batch_size}_bf16_over_bf16_matmul_ge_{GOAL_BF16_OVER_MATMUL}"] = (
-        results[f"b{batch_size}_mixed_bfloat16_ours_over_matmul"] >= GOAL_BF16_OVER_MATMUL)
+        results[f"b{batch_size}_mixed_bfloat16_ours_over_matmul"] >= GOAL_BF16_OVER_MATMUL
+    )
     return results
 
 
@@ -114,8 +131,13 @@ def accuracy(config: TrainConfig = TrainConfig()) -> dict:
             best = max(best, accuracy_now)
             if reached is None and best >= TARGET_ACCURACY:
                 reached = (epoch, seconds)
-            logging.info("[precision_accuracy] %s epoch %d/%d: test accuracy %.2f%%",
-                         precision, epoch, config.epochs, 100 * accuracy_now)
+            logging.info(
+                "[precision_accuracy] %s epoch %d/%d: test accuracy %.2f%%",
+                precision,
+                epoch,
+                config.epochs,
+                100 * accuracy_now,
+            )
         results[f"{precision}_final_test_accuracy"] = accuracy_now
         results[f"{precision}_best_test_accuracy"] = best
         if reached:
@@ -124,7 +146,8 @@ def accuracy(config: TrainConfig = TrainConfig()) -> dict:
         else:
             results[f"{precision}_epochs_to_{target}"] = f"not in {config.epochs}"
     results["mixed_float16_minus_float32_points"] = 100 * (
-        results["mixed_float16_final_test_accuracy"] - results["float32_final_test_accuracy"])
+        results["mixed_float16_final_test_accuracy"] - results["float32_final_test_accuracy"]
+    )
     return results
 
 
@@ -138,21 +161,29 @@ def allreduce(steps: int = 200) -> dict:
     cpu_replicas = 1 if tf.config.list_physical_devices("GPU") else CPU_REPLICAS
     strategy = strategies.create_strategy("mirrored", cpu_replicas)
     sizes = [mnist.NUM_PIXELS, *TrainConfig().hidden_sizes, mnist.NUM_CLASSES]
-    shapes = [shape for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
-              for shape in ((fan_in, fan_out), (fan_out,))]
+    shapes = [
+        shape
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
+        for shape in ((fan_in, fan_out), (fan_out,))
+    ]
     with strategy.scope():
-        variables = [tf.Variable(tf.random.stateless_normal(shape, seed=[0, i]))
-                     for i, shape in enumerate(shapes)]
+        variables = [
+            tf.Variable(tf.random.stateless_normal(shape, seed=[0, i]))
+            for i, shape in enumerate(shapes)
+        ]
     results = {}
     for dtype in (tf.float32, tf.bfloat16):
+
         @tf.function
         def loop(n):
             def replica_step():
                 context = tf.distribute.get_replica_context()
                 factor = tf.cast(context.replica_id_in_sync_group + 1, tf.float32)
-                summed = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                            [tf.cast(v * factor, dtype) for v in variables])
+                summed = context.all_reduce(
+                    tf.distribute.ReduceOp.SUM, [tf.cast(v * factor, dtype) for v in variables]
+                )
                 return tf.cast(summed[0][0, 0], tf.float32)
+
             total = tf.constant(0.0)
             for _ in tf.range(n):
                 total += strategy.experimental_local_results(strategy.run(replica_step))[0]
@@ -165,5 +196,6 @@ def allreduce(steps: int = 200) -> dict:
             loop(tf.constant(steps)).numpy()
             seconds.append(time.perf_counter() - start)
         results[f"{strategy.num_replicas_in_sync}rep_ms_per_allreduce_{dtype.name}"] = (
-            1e3 * statistics.median(seconds) / steps)
+            1e3 * statistics.median(seconds) / steps
+        )
     return results

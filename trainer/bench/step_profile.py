@@ -31,8 +31,10 @@ TOP_OPS = 5
 # First match wins; a predicate sees (op type, op name) as the converter reports them.
 GROUPS = (
     # XLA clusters: the only XLA in our step is the per-variable update_step.
-    ("update", lambda kind, name: (kind.startswith(("XLA:", "XlaLaunch", "_Xla"))
-                                   or "update_step" in name)),
+    (
+        "update",
+        lambda kind, name: kind.startswith(("XLA:", "XlaLaunch", "_Xla")) or "update_step" in name,
+    ),
     ("grad_norm", lambda kind, name: kind == "L2Loss" or "global_norm/" in name),
     ("matmul", lambda kind, name: "MatMul" in kind),  # MatMul, _MklMatMul, fused kinds.
     ("input", lambda kind, name: kind == "Dataset" or "Iterator" in kind),
@@ -40,18 +42,21 @@ GROUPS = (
 OTHER = "other"
 
 
-def step_time_breakdown(trainer: bench_training.OurTrainer | None = None,
-                        trace_dir: str | None = None) -> dict:
+def step_time_breakdown(
+    trainer: bench_training.OurTrainer | None = None, trace_dir: str | None = None
+) -> dict:
     """Shares of host self time by group, the top op types, and ms per step of one traced
     epoch. The trace is kept (and its directory reported) only when `trace_dir` is given."""
-    trainer = trainer or bench_training.cached_trainer("one_device", 1,
-                                                       bench_training.BATCH_SIZES[0])
+    trainer = trainer or bench_training.cached_trainer(
+        "one_device", 1, bench_training.BATCH_SIZES[0]
+    )
     trainer.run()  # Untimed: traces the loop and compiles the XLA updates.
     with tempfile.TemporaryDirectory() as scratch:
         logdir = trace_dir or scratch
         # Level 3 also records the cheap kernels level 2 leaves out, at no measurable cost.
         tf.profiler.experimental.start(
-            logdir, tf.profiler.experimental.ProfilerOptions(host_tracer_level=3))
+            logdir, tf.profiler.experimental.ProfilerOptions(host_tracer_level=3)
+        )
         try:
             seconds = trainer.run()
         finally:
@@ -71,8 +76,12 @@ def step_time_breakdown(trainer: bench_training.OurTrainer | None = None,
     b = f"b{trainer.config.batch_size}_"
     results = {b + "ms_per_step": 1e3 * seconds / trainer.steps_per_epoch}
     results.update({b + f"share_{group}": us / total for group, us in by_group.items()})
-    results.update({b + f"top{rank}_op": f"{kind} {us / total:.0%}"
-                    for rank, (kind, us) in enumerate(by_type.most_common(TOP_OPS), 1)})
+    results.update(
+        {
+            b + f"top{rank}_op": f"{kind} {us / total:.0%}"
+            for rank, (kind, us) in enumerate(by_type.most_common(TOP_OPS), 1)
+        }
+    )
     if trace_dir:
         results[b + "trace_dir"] = str(pathlib.Path(xplanes[-1]).parent)
     return results
@@ -121,19 +130,22 @@ def _async_kernels(xplane: str, counted_events: set[str]) -> collections.Counter
         stat_name = {i: m.name for i, m in plane.stat_metadata.items()}
 
         def stats(event):
-            return {stat_name[s.metadata_id]: stat_name.get(s.ref_value) or s.str_value
-                    for s in event.stats}
+            return {
+                stat_name[s.metadata_id]: stat_name.get(s.ref_value) or s.str_value
+                for s in event.stats
+            }
 
         for line in plane.lines:
             events = sorted(line.events, key=lambda e: (e.offset_ps, -e.duration_ps))
             for i, start in enumerate(events):
                 if plane.event_metadata[start.metadata_id].name != (
-                        "ExecutorState::ProcessAsync::Start"):
+                    "ExecutorState::ProcessAsync::Start"
+                ):
                     continue
                 kernel = stats(start)
                 kind, name = kernel.get("kernel_type", "?"), kernel.get("name", "?")
                 end, nested_ps = start.offset_ps + start.duration_ps, 0
-                for inner in events[i + 1:]:
+                for inner in events[i + 1 :]:
                     if inner.offset_ps >= end:
                         break
                     if plane.event_metadata[inner.metadata_id].name in counted_events:

@@ -97,8 +97,9 @@ class OurTrainer:
         """Trains one epoch in calls of steps_per_loop steps, as the trainer does; seconds."""
         start = time.perf_counter()
         for done in range(0, self.steps_per_epoch, self.config.steps_per_loop):
-            self.state.train(self.batches,
-                             min(self.config.steps_per_loop, self.steps_per_epoch - done))
+            self.state.train(
+                self.batches, min(self.config.steps_per_loop, self.steps_per_epoch - done)
+            )
         return time.perf_counter() - start
 
     def test_accuracy(self) -> float:
@@ -117,8 +118,12 @@ class _EpochTimer(tf.keras.callbacks.Callback):
 def _arrays() -> tuple[np.ndarray, ...]:
     """Train and test images as a Keras user feeds them: float32 in [0, 1], flattened."""
     data = _mnist()
-    return (mnist.to_features(data.train.images).numpy(), data.train.labels,
-            mnist.to_features(data.test.images).numpy(), data.test.labels)
+    return (
+        mnist.to_features(data.train.images).numpy(),
+        data.train.labels,
+        mnist.to_features(data.test.images).numpy(),
+        data.test.labels,
+    )
 
 
 class KerasTrainer:
@@ -136,21 +141,34 @@ class KerasTrainer:
         policy = config.precision
         self.model = tf.keras.Sequential(
             [tf.keras.Input((mnist.NUM_PIXELS,))]
-            + [tf.keras.layers.Dense(width, activation="relu", dtype=policy)
-               for width in config.hidden_sizes]
-            + [tf.keras.layers.Dense(mnist.NUM_CLASSES, dtype=policy),
-               tf.keras.layers.Activation("linear", dtype="float32")])
+            + [
+                tf.keras.layers.Dense(width, activation="relu", dtype=policy)
+                for width in config.hidden_sizes
+            ]
+            + [
+                tf.keras.layers.Dense(mnist.NUM_CLASSES, dtype=policy),
+                tf.keras.layers.Activation("linear", dtype="float32"),
+            ]
+        )
         self.model.compile(
             # The trainer's schedule over Keras's steps, so both warm up and decay by epoch.
             optimizer=tf.keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)),
             loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"], steps_per_execution=steps_per_execution)
+            metrics=["accuracy"],
+            steps_per_execution=steps_per_execution,
+        )
 
     def run(self) -> float:
         """Trains one epoch with `fit`; seconds of the epoch, without fit's own set-up."""
         timer = _EpochTimer()
-        self.model.fit(self.x, self.y, batch_size=self.config.batch_size, epochs=1, verbose=0,
-                       callbacks=[timer])
+        self.model.fit(
+            self.x,
+            self.y,
+            batch_size=self.config.batch_size,
+            epochs=1,
+            verbose=0,
+            callbacks=[timer],
+        )
         return timer.seconds
 
     def test_accuracy(self) -> float:
@@ -162,13 +180,13 @@ class MatmulChain:
     """n x n matmuls in `dtype` chained in one tf.function (no XLA, like our step): the FLOP
     rate the device reaches on the kind of op that carries our MLP."""
 
-    def __init__(self, device: str, n: int = MATMUL_SIZE, seconds: float = 1.0,
-                 dtype: tf.DType = tf.float32):
+    def __init__(
+        self, device: str, n: int = MATMUL_SIZE, seconds: float = 1.0, dtype: tf.DType = tf.float32
+    ):
         with tf.device(device):
             self.x = tf.cast(tf.random.stateless_normal([n, n], seed=[0, 0]), dtype)
             # Columns of norm about 1, so the chain neither overflows nor underflows.
-            self.w = tf.cast(tf.random.stateless_normal([n, n], seed=[0, 1]) / math.sqrt(n),
-                             dtype)
+            self.w = tf.cast(tf.random.stateless_normal([n, n], seed=[0, 1]) / math.sqrt(n), dtype)
         self.device = device
 
         @tf.function
@@ -199,10 +217,11 @@ class FixedBatchLoop:
     def __init__(self, config: TrainConfig, optimizer_name: str):
         data = _mnist()
         model = MLP(mnist.NUM_PIXELS, config.hidden_sizes, mnist.NUM_CLASSES, seed=config.seed)
-        optimizer = optimizers.create(optimizer_name, config.learning_rate,
-                                      jit_compile=config.xla_update)
-        images = mnist.to_features(data.train.images[:config.batch_size])
-        labels = tf.constant(data.train.labels[:config.batch_size])
+        optimizer = optimizers.create(
+            optimizer_name, config.learning_rate, jit_compile=config.xla_update
+        )
+        images = mnist.to_features(data.train.images[: config.batch_size])
+        labels = tf.constant(data.train.labels[: config.batch_size])
         self.steps = len(data.train) // config.batch_size
         self.work = self.steps * config.batch_size  # As many examples as OurTrainer.run().
 
@@ -245,15 +264,20 @@ def measure(workloads: dict, rounds: int = ROUNDS, label: str = "measure") -> Ra
     rates = Rates({name: [] for name in workloads})
     start = time.monotonic()
     for done in range(rounds):
-        logging.info("%s: round %d/%d%s", label, done + 1, rounds,
-                     _time_left(time.monotonic() - start, done, rounds))
+        logging.info(
+            "%s: round %d/%d%s",
+            label,
+            done + 1,
+            rounds,
+            _time_left(time.monotonic() - start, done, rounds),
+        )
         for name, workload in workloads.items():
             rates[name].append(workload.work / workload.run())
     return rates
 
 
 def _time_left(seconds: float, done: int, total: int) -> str:
-    """", about m:ss left" at the pace of the `done` of `total` steps so far; "" before any."""
+    """ ", about m:ss left" at the pace of the `done` of `total` steps so far; "" before any."""
     if done == 0:
         return ""
     minutes, secs = divmod(round(seconds / done * (total - done)), 60)
@@ -265,11 +289,18 @@ def bench_config(batch_size: int, **settings) -> TrainConfig:
 
 
 @functools.cache
-def cached_trainer(strategy_name: str, cpu_replicas: int, batch_size: int,
-                   precision: str = "float32", jit_compile: bool = False) -> OurTrainer:
+def cached_trainer(
+    strategy_name: str,
+    cpu_replicas: int,
+    batch_size: int,
+    precision: str = "float32",
+    jit_compile: bool = False,
+) -> OurTrainer:
     # Shared by the sections: one trace per configuration in the whole bench.
-    return OurTrainer(strategies.create_strategy(strategy_name, cpu_replicas),
-                      bench_config(batch_size, precision=precision, jit_compile=jit_compile))
+    return OurTrainer(
+        strategies.create_strategy(strategy_name, cpu_replicas),
+        bench_config(batch_size, precision=precision, jit_compile=jit_compile),
+    )
 
 
 def throughput() -> dict:
@@ -277,20 +308,27 @@ def throughput() -> dict:
     of the fixed-batch loops that show what the hardware allows."""
     results = {}
     for batch_size in BATCH_SIZES:
-        keras = {f"keras_spe{spe}": KerasTrainer(bench_config(batch_size), spe)
-                 for spe in KERAS_STEPS_PER_EXECUTION}
-        fixed_batch = {f"fixed_batch_{name}": FixedBatchLoop(bench_config(batch_size), name)
-                       for name in ("gd", "adam")}
-        rates = measure({"ours": cached_trainer("one_device", 1, batch_size), **fixed_batch,
-                         **keras}, label=f"[throughput] batch {batch_size}")
+        keras = {
+            f"keras_spe{spe}": KerasTrainer(bench_config(batch_size), spe)
+            for spe in KERAS_STEPS_PER_EXECUTION
+        }
+        fixed_batch = {
+            f"fixed_batch_{name}": FixedBatchLoop(bench_config(batch_size), name)
+            for name in ("gd", "adam")
+        }
+        rates = measure(
+            {"ours": cached_trainer("one_device", 1, batch_size), **fixed_batch, **keras},
+            label=f"[throughput] batch {batch_size}",
+        )
         best = max(keras, key=rates.median)
         b = f"b{batch_size}_"
         results.update({f"{b}{name}_examples_per_s": round(rates.median(name)) for name in rates})
         results[b + "keras_best_spe"] = int(best.removeprefix("keras_spe"))
         results[b + "ours_over_keras_default"] = rates.ratio("ours", "keras_spe1")
         results[b + "ours_over_keras_best"] = rates.ratio("ours", best)
-        results.update({f"{b}{name}_over_keras_best": rates.ratio(name, best)
-                        for name in fixed_batch})
+        results.update(
+            {f"{b}{name}_over_keras_best": rates.ratio(name, best) for name in fixed_batch}
+        )
     first = f"b{BATCH_SIZES[0]}_ours_over_keras_best"
     results[f"goal_{first}_ge_{GOAL_OURS_OVER_KERAS}"] = results[first] >= GOAL_OURS_OVER_KERAS
     return results
@@ -303,15 +341,18 @@ def distribution() -> dict:
     results = {}
     for batch_size in BATCH_SIZES:
         many = cached_trainer("mirrored", cpu_replicas, batch_size)
-        rates = measure({"one": cached_trainer("one_device", 1, batch_size), "many": many},
-                        label=f"[distribution] batch {batch_size}")
+        rates = measure(
+            {"one": cached_trainer("one_device", 1, batch_size), "many": many},
+            label=f"[distribution] batch {batch_size}",
+        )
         b, n = f"b{batch_size}_", f"{many.replicas}rep"
         results[b + "1rep_examples_per_s"] = round(rates.median("one"))
         results[b + f"{n}_examples_per_s"] = round(rates.median("many"))
         results[b + f"{n}_over_1rep"] = rates.ratio("many", "one")
     results[f"goal_{n}_over_1rep_ge_{GOAL_REPLICAS_OVER_ONE}_at_every_batch"] = all(
         results[f"b{batch_size}_{n}_over_1rep"] >= GOAL_REPLICAS_OVER_ONE
-        for batch_size in BATCH_SIZES)
+        for batch_size in BATCH_SIZES
+    )
     return results
 
 
@@ -320,8 +361,9 @@ def ceiling() -> dict:
     batch_size = BATCH_SIZES[-1]
     ours = cached_trainer("one_device", 1, batch_size)
     device = strategies.create_strategy("one_device").extended.worker_devices[0]
-    rates = measure({"matmul": MatmulChain(device), "ours": ours},
-                    label=f"[ceiling] batch {batch_size}")
+    rates = measure(
+        {"matmul": MatmulChain(device), "ours": ours}, label=f"[ceiling] batch {batch_size}"
+    )
     achieved = rates.median("ours") * flops_per_example()
     over_matmul = rates.ratio("ours", "matmul") * flops_per_example()
     b = f"b{batch_size}_"
@@ -331,8 +373,8 @@ def ceiling() -> dict:
         b + "ours_examples_per_s": round(rates.median("ours")),
         b + "ours_gflop_per_s": achieved / 1e9,
         b + "ours_over_matmul": over_matmul,
-        f"goal_ours_over_matmul_ge_{GOAL_ACHIEVED_OVER_CEILING}":
-            over_matmul >= GOAL_ACHIEVED_OVER_CEILING,
+        f"goal_ours_over_matmul_ge_{GOAL_ACHIEVED_OVER_CEILING}": over_matmul
+        >= GOAL_ACHIEVED_OVER_CEILING,
     }
 
 
@@ -357,9 +399,11 @@ def time_to_accuracy(config: TrainConfig = TrainConfig()) -> dict:
     """Training seconds (test evaluations left out) until TARGET_ACCURACY on the test set,
     ours and Keras at their defaults, epochs interleaved; at most config.epochs epochs."""
     trainers = {
-        "ours": OurTrainer(strategies.create_strategy(config.strategy, config.cpu_replicas),
-                           config),
-        "keras": KerasTrainer(config)}
+        "ours": OurTrainer(
+            strategies.create_strategy(config.strategy, config.cpu_replicas), config
+        ),
+        "keras": KerasTrainer(config),
+    }
     seconds = dict.fromkeys(trainers, 0.0)
     best = dict.fromkeys(trainers, 0.0)
     reached = {}
@@ -372,9 +416,13 @@ def time_to_accuracy(config: TrainConfig = TrainConfig()) -> dict:
             best[name] = max(best[name], trainer.test_accuracy())
             if best[name] >= TARGET_ACCURACY:
                 reached[name] = epoch
-        logging.info("[time_to_accuracy] epoch %d of at most %d: best test accuracy %s "
-                     "(target %s)", epoch, config.epochs,
-                     ", ".join(f"{name} {best[name]:.2%}" for name in trainers), target)
+        logging.info(
+            "[time_to_accuracy] epoch %d of at most %d: best test accuracy %s (target %s)",
+            epoch,
+            config.epochs,
+            ", ".join(f"{name} {best[name]:.2%}" for name in trainers),
+            target,
+        )
         if len(reached) == len(trainers):
             break
     results = {}

@@ -20,8 +20,9 @@ class CtrlCCounter:
     once with exit code 130, its line first; each earlier one is answered with `answers[i]`
     (what will happen) while the program's own handler acts on it when it can."""
 
-    def __init__(self, ends_at: int = 1, answers: tuple[str, ...] = (),
-                 last_line: str | None = None):
+    def __init__(
+        self, ends_at: int = 1, answers: tuple[str, ...] = (), last_line: str | None = None
+    ):
         self.ends_at, self.answers = ends_at, answers
         self.last_line = last_line
         # Ending at the first, this is the only answer: Python's own handler must not also

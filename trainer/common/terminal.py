@@ -45,8 +45,10 @@ _SEVERITIES = "IWEF"  # absl's C++ severities, in the order of TF_CPP_MIN_LOG_LE
 # A C++ log record's first line, in absl's format or TensorFlow's older one:
 #   I0000 00:00:1795516774.653724   24051 port.cc:153] oneDNN custom operations are on...
 #   2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could...
-_CPP_RECORD = re.compile(r"([IWEF])\d{4} [\d:.]+ +\d+ [^\]]+\] "
-                         r"|\d{4}-\d\d-\d\d [\d:.]+: ([IWEF]) [^\]]+\] ")
+_CPP_RECORD = re.compile(
+    r"([IWEF])\d{4} [\d:.]+ +\d+ [^\]]+\] "
+    r"|\d{4}-\d\d-\d\d [\d:.]+: ([IWEF]) [^\]]+\] "
+)
 # Each copy of absl's C++ logging in TensorFlow's libraries writes this once, at INFO's level.
 _CPP_PREINIT_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
 
@@ -55,8 +57,10 @@ def refuse_arguments(argv: list[str], program: str) -> None:
     """Exits with one line if the command line holds arguments that are not flags (absl's
     UsageError would print the whole help before the error)."""
     if len(argv) > 1:
-        sys.exit(f"{program}: error: unexpected argument {argv[1]!r}: settings are flags, "
-                 "e.g. --epochs=2 (--helpshort lists them)")
+        sys.exit(
+            f"{program}: error: unexpected argument {argv[1]!r}: settings are flags, "
+            "e.g. --epochs=2 (--helpshort lists them)"
+        )
 
 
 def program_name() -> str:
@@ -151,6 +155,7 @@ def _load_tensorflow() -> None:
         loaded = False
         try:
             import tensorflow  # noqa: F401
+
             loaded = True
         finally:
             # If the import failed, every line it wrote may explain why: all are shown.

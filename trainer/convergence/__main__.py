@@ -49,10 +49,16 @@ class _FloatListParser(flags.ListParser):
         return [float(value) for value in super().parse(argument)]
 
 
-flags.DEFINE_list("optimizers", list(_DEFAULTS.optimizers),
-                  f"Optimizers to test, of: {', '.join(OPTIMIZERS)}.")
-flags.DEFINE(_FloatListParser(), "learning_rates", list(_DEFAULTS.learning_rates),
-             "Learning rates each optimizer runs with.", serializer=flags.CsvListSerializer(","))
+flags.DEFINE_list(
+    "optimizers", list(_DEFAULTS.optimizers), f"Optimizers to test, of: {', '.join(OPTIMIZERS)}."
+)
+flags.DEFINE(
+    _FloatListParser(),
+    "learning_rates",
+    list(_DEFAULTS.learning_rates),
+    "Learning rates each optimizer runs with.",
+    serializer=flags.CsvListSerializer(","),
+)
 flags.DEFINE_float("init_val", _DEFAULTS.init_val, "Where x starts in every run.")
 flags.DEFINE_integer("max_iters", _DEFAULTS.max_iters, "Iterations before a run has 'exceeded'.")
 flags.DEFINE_string("logdir", "runs/convergence", "TensorBoard directory for events and PNGs.")
@@ -75,25 +81,36 @@ def _distinct(values) -> bool:
 
 
 flags.register_validator(
-    "optimizers", lambda names: bool(names) and set(names) <= set(OPTIMIZERS) and _distinct(names),
-    f"must be distinct names of: {', '.join(OPTIMIZERS)}")
+    "optimizers",
+    lambda names: bool(names) and set(names) <= set(OPTIMIZERS) and _distinct(names),
+    f"must be distinct names of: {', '.join(OPTIMIZERS)}",
+)
 flags.register_validator(
     "learning_rates",
-    lambda rates: (bool(rates) and _distinct([f"{lr:g}" for lr in rates])
-                   and all(_fits_float32(lr) and lr >= _FLOAT32_TINIEST
-                           for lr in rates)),
-    "must be distinct positive float32 numbers (distinct in %g form, which names their runs)")
+    lambda rates: (
+        bool(rates)
+        and _distinct([f"{lr:g}" for lr in rates])
+        and all(_fits_float32(lr) and lr >= _FLOAT32_TINIEST for lr in rates)
+    ),
+    "must be distinct positive float32 numbers (distinct in %g form, which names their runs)",
+)
 flags.register_validator("init_val", _fits_float32, "must be a finite float32 number")
 flags.register_validator("max_iters", lambda n: n >= 1, "must be at least 1")
-flags.register_validator("json", lambda path: not path or not os.path.exists(path),
-                         "already exists; remove it or choose another path")
+flags.register_validator(
+    "json",
+    lambda path: not path or not os.path.exists(path),
+    "already exists; remove it or choose another path",
+)
 
 
 def main(argv):
     terminal.refuse_arguments(argv, "trainer.convergence")
-    settings = SuiteSettings(optimizers=tuple(FLAGS.optimizers),
-                             learning_rates=tuple(FLAGS.learning_rates),
-                             init_val=FLAGS.init_val, max_iters=FLAGS.max_iters)
+    settings = SuiteSettings(
+        optimizers=tuple(FLAGS.optimizers),
+        learning_rates=tuple(FLAGS.learning_rates),
+        init_val=FLAGS.init_val,
+        max_iters=FLAGS.max_iters,
+    )
     try:
         with ctrl_c.ends_at_once():  # Even inside the suite's one compiled loop.
             results = run_and_report(settings, FLAGS.logdir)

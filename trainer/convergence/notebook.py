@@ -19,7 +19,6 @@ from trainer.convergence.suite import CONVERGED, EXCEEDED, EXPLODED, RunResult, 
 
 
 class GradientDescent(tf.Module):
-
     def __init__(self, learning_rate=1e-3):
         self.learning_rate = learning_rate
 
@@ -29,11 +28,10 @@ class GradientDescent(tf.Module):
 
 
 class Momentum(tf.Module):
-
     def __init__(self, learning_rate=1e-3, momentum=0.7):
         self.learning_rate = learning_rate
         self.momentum = momentum
-        self.change = 0.
+        self.change = 0.0
 
     def apply_gradients(self, grads, vars):
         for grad_, var in zip(grads, vars):
@@ -43,13 +41,12 @@ class Momentum(tf.Module):
 
 
 class Adam(tf.Module):
-
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, ep=1e-7):
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.learning_rate = learning_rate
         self.ep = ep
-        self.t = 1.
+        self.t = 1.0
         self.v_dvar, self.s_dvar = [], []
         self.built = False
 
@@ -62,17 +59,17 @@ class Adam(tf.Module):
         for i, (d_var, var) in enumerate(zip(grads, vars)):
             self.v_dvar[i] = self.beta_1 * self.v_dvar[i] + (1 - self.beta_1) * d_var
             self.s_dvar[i] = self.beta_2 * self.s_dvar[i] + (1 - self.beta_2) * tf.square(d_var)
-            v_dvar_bc = self.v_dvar[i] / (1 - (self.beta_1 ** self.t))
-            s_dvar_bc = self.s_dvar[i] / (1 - (self.beta_2 ** self.t))
+            v_dvar_bc = self.v_dvar[i] / (1 - (self.beta_1**self.t))
+            s_dvar_bc = self.s_dvar[i] / (1 - (self.beta_2**self.t))
             var.assign_sub(self.learning_rate * (v_dvar_bc / (tf.sqrt(s_dvar_bc) + self.ep)))
-        self.t += 1.
+        self.t += 1.0
 
 
 # The project's short names (trainer.optimizers.OPTIMIZERS) for the notebook's classes.
 OPTIMIZERS = {"gd": GradientDescent, "momentum": Momentum, "adam": Adam}
 
 
-def convergence_test(optimizer, loss_fn=loss, grad_fn=grad, init_val=2., max_iters=2000):
+def convergence_test(optimizer, loss_fn=loss, grad_fn=grad, init_val=2.0, max_iters=2000):
     """The notebook's loop: one eager step per iteration, x compared exactly after each update."""
     x_star = tf.Variable(init_val)
     param_path = []
@@ -88,8 +85,12 @@ def convergence_test(optimizer, loss_fn=loss, grad_fn=grad, init_val=2., max_ite
     return RunResult(EXCEEDED, max_iters, np.array(param_path, np.float32))
 
 
-def run_suite(optimizers, learning_rates, init_val=2., max_iters=2000):
+def run_suite(optimizers, learning_rates, init_val=2.0, max_iters=2000):
     """Every (optimizer, learning rate) run, one after another: {(name, lr): RunResult}."""
-    return {(name, lr): convergence_test(OPTIMIZERS[name](learning_rate=lr),
-                                         init_val=init_val, max_iters=max_iters)
-            for name in optimizers for lr in learning_rates}
+    return {
+        (name, lr): convergence_test(
+            OPTIMIZERS[name](learning_rate=lr), init_val=init_val, max_iters=max_iters
+        )
+        for name in optimizers
+        for lr in learning_rates
+    }

@@ -13,8 +13,12 @@ _FIGSIZE = (9, 6)
 _PATH_COLORS = ("r", "w", "c", "m", "y", "lime", "orange")
 
 
-def loss_figure(x_vals: np.ndarray, loss_vals: np.ndarray, grad_vals: np.ndarray,
-                marks: Mapping[str, tuple[float, float]]) -> Figure:
+def loss_figure(
+    x_vals: np.ndarray,
+    loss_vals: np.ndarray,
+    grad_vals: np.ndarray,
+    marks: Mapping[str, tuple[float, float]],
+) -> Figure:
     """The loss and its gradient over x, with labelled points (the saddle, the minimum)."""
     figure = new_figure(_FIGSIZE)
     ax = figure.add_subplot()
@@ -30,8 +34,12 @@ def loss_figure(x_vals: np.ndarray, loss_vals: np.ndarray, grad_vals: np.ndarray
     return figure
 
 
-def paths_figure(title: str, paths: Mapping[str, np.ndarray],
-                 loss_fn: Callable[[np.ndarray], np.ndarray], max_iters: int) -> Figure:
+def paths_figure(
+    title: str,
+    paths: Mapping[str, np.ndarray],
+    loss_fn: Callable[[np.ndarray], np.ndarray],
+    max_iters: int,
+) -> Figure:
     """x per iteration for each labelled path, over a heat map of log(loss(x)).
 
     As in the notebook the background spans iterations 1 to max_iters + 100 and x in [-2, 2],

@@ -57,7 +57,7 @@ SETTINGS_FILE = "settings.json"
 
 def loss(x):
     """The notebook's loss, 2x^4 + 3x^3 + 2: a saddle at 0 on the way from 2 to the minimum."""
-    return 2*(x**4) + 3*(x**3) + 2
+    return 2 * (x**4) + 3 * (x**3) + 2
 
 
 def grad(f, x):
@@ -75,6 +75,7 @@ class LogdirError(OneLineError):
 @dataclasses.dataclass(frozen=True)
 class SuiteSettings:
     """What the suite runs; the defaults reproduce the notebook's table."""
+
     optimizers: tuple[str, ...] = ("gd", "momentum", "adam")
     learning_rates: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
     init_val: float = 2.0
@@ -87,6 +88,7 @@ class RunResult:
 
     An exploded run's path stops before the iteration whose gradient was NaN.
     """
+
     outcome: str
     iteration: int
     path: np.ndarray
@@ -97,9 +99,11 @@ class RunResult:
         return None if self.outcome == EXPLODED else float(self.path[-1])
 
     def describe(self) -> str:
-        return {CONVERGED: f"converged in {self.iteration} iterations",
-                EXCEEDED: f"exceeded {self.iteration}",
-                EXPLODED: f"exploded at iteration {self.iteration}"}[self.outcome]
+        return {
+            CONVERGED: f"converged in {self.iteration} iterations",
+            EXCEEDED: f"exceeded {self.iteration}",
+            EXPLODED: f"exploded at iteration {self.iteration}",
+        }[self.outcome]
 
 
 Results = dict[tuple[str, float], RunResult]
@@ -146,7 +150,7 @@ class ConvergenceSuite(tf.Module):
         self._groups = []  # (x, optimizer): up to _MAX_LANES runs of one optimizer.
         for name in optimizers:
             for start in range(0, len(learning_rates), _MAX_LANES):
-                chunk = list(learning_rates[start:start + _MAX_LANES])
+                chunk = list(learning_rates[start : start + _MAX_LANES])
                 x = tf.Variable(tf.zeros([len(chunk)]), name=f"x_{name}_{start}")
                 optimizer = create(name, tf.constant(chunk, tf.float32), jit_compile=False)
                 optimizer.build([x])
@@ -161,22 +165,25 @@ class ConvergenceSuite(tf.Module):
         if max_iters < 1:
             raise ValueError(f"max_iters must be at least 1, got {max_iters}")
         with _without_graph_rewrites():
-            states, iterations, path = self._run(tf.constant(init_val, tf.float32),
-                                                 tf.constant(max_iters, tf.int32))
+            states, iterations, path = self._run(
+                tf.constant(init_val, tf.float32), tf.constant(max_iters, tf.int32)
+            )
         states, iterations, path = states.numpy(), iterations.numpy(), path.numpy()
         results = {}
         for lane, key in enumerate(self.lanes):
             state, iteration = states[lane], int(iterations[lane])
             if state == _EXPLODED:
-                results[key] = RunResult(EXPLODED, iteration, path[:iteration - 1, lane])
+                results[key] = RunResult(EXPLODED, iteration, path[: iteration - 1, lane])
             elif state == _CONVERGED:
                 results[key] = RunResult(CONVERGED, iteration, path[:iteration, lane])
             else:
                 results[key] = RunResult(EXCEEDED, max_iters, path[:, lane])
         return results
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)],
-                 autograph=False)
+    @tf.function(
+        input_signature=[tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)],
+        autograph=False,
+    )
     def _run(self, init_val, max_iters):
         """Returns each lane's state and final iteration, and x per iteration [iters, lanes]."""
         for x, optimizer in self._groups:
@@ -202,19 +209,30 @@ class ConvergenceSuite(tf.Module):
                 converged.append(x_new == x_old)
                 xs.append(x_new)
             running = states == _RUNNING
-            outcome = tf.where(tf.concat(exploded, 0), _EXPLODED,
-                               tf.where(tf.concat(converged, 0), _CONVERGED, _RUNNING))
+            outcome = tf.where(
+                tf.concat(exploded, 0),
+                _EXPLODED,
+                tf.where(tf.concat(converged, 0), _CONVERGED, _RUNNING),
+            )
             finishing = running & (outcome != _RUNNING)
-            return (iteration + 1,
-                    tf.where(running, outcome, states),
-                    tf.where(finishing, iteration, last_iterations),
-                    path.write(iteration - 1, tf.concat(xs, 0)))
+            return (
+                iteration + 1,
+                tf.where(running, outcome, states),
+                tf.where(finishing, iteration, last_iterations),
+                path.write(iteration - 1, tf.concat(xs, 0)),
+            )
 
         lanes = len(self.lanes)
         _, states, last_iterations, path = tf.while_loop(
-            keep_going, step,
-            (tf.constant(1), tf.fill([lanes], _RUNNING), tf.zeros([lanes], tf.int32),
-             tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[lanes])))
+            keep_going,
+            step,
+            (
+                tf.constant(1),
+                tf.fill([lanes], _RUNNING),
+                tf.zeros([lanes], tf.int32),
+                tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[lanes]),
+            ),
+        )
         return states, last_iterations, path.stack()
 
 
@@ -223,16 +241,25 @@ def format_table(results: Results) -> str:
     optimizers = list(dict.fromkeys(name for name, _ in results))
     learning_rates = list(dict.fromkeys(lr for _, lr in results))
     header = ["optimizer"] + [f"lr {lr:g}" for lr in learning_rates]
-    return markdown_table(header, [
-        [TITLES.get(name, name)] + [results[name, lr].describe() for lr in learning_rates]
-        for name in optimizers])
+    return markdown_table(
+        header,
+        [
+            [TITLES.get(name, name)] + [results[name, lr].describe() for lr in learning_rates]
+            for name in optimizers
+        ],
+    )
 
 
 def results_json(results: Results) -> dict:
     """{"adam@0.1": {"outcome": ..., "iteration": ..., "final": x or None}, ...}"""
-    return {run_name(name, lr): {"outcome": result.outcome, "iteration": result.iteration,
-                                 "final": result.final}
-            for (name, lr), result in results.items()}
+    return {
+        run_name(name, lr): {
+            "outcome": result.outcome,
+            "iteration": result.iteration,
+            "final": result.final,
+        }
+        for (name, lr), result in results.items()
+    }
 
 
 def check_logdir(logdir: str, settings: SuiteSettings) -> None:
@@ -248,8 +275,10 @@ def check_logdir(logdir: str, settings: SuiteSettings) -> None:
         previous = json.load(f)
     current = json.loads(json.dumps(dataclasses.asdict(settings)))
     if previous != current:
-        raise LogdirError(f"--logdir={logdir}: holds a suite run with other settings "
-                         f"({json.dumps(previous)}); choose another --logdir or remove it")
+        raise LogdirError(
+            f"--logdir={logdir}: holds a suite run with other settings "
+            f"({json.dumps(previous)}); choose another --logdir or remove it"
+        )
 
 
 def run_and_report(settings: SuiteSettings, logdir: str) -> Results:
@@ -272,8 +301,7 @@ def run_and_report(settings: SuiteSettings, logdir: str) -> Results:
         writer.close()
     with MetricsWriter(logdir) as writer:
         for tag, figure in _figures(settings, results).items():
-            image = plots.save_png(
-                figure, os.path.join(logdir, tag.replace("/", "_") + ".png"))
+            image = plots.save_png(figure, os.path.join(logdir, tag.replace("/", "_") + ".png"))
             writer.write_images(0, {tag: image})
         writer.write_text(0, {"table": format_table(results)})
     return results
@@ -285,6 +313,7 @@ def _write_paths(writers: Mapping[tuple[str, float], MetricsWriter], results: Re
     The default suite logs some 22,000 scalars: ~3.5 s as eager summary calls, ~0.5 s compiled
     (tracing included).
     """
+
     @tf.function(autograph=False)
     def write(paths):
         for key, path in paths.items():
@@ -306,10 +335,15 @@ def _write_path(writer: MetricsWriter, path: tf.Tensor) -> None:
 def _figures(settings: SuiteSettings, results: Results) -> dict:
     """The notebook's pictures, by TensorBoard tag: the loss, and each optimizer's paths."""
     x_vals = np.linspace(-2, 2, 201, dtype=np.float32)
-    marks = {"Saddle (inflection) point": (SADDLE, loss(SADDLE)),
-             "Global minimum": (MINIMUM, loss(MINIMUM))}
-    figures = {"loss_function": plots.loss_figure(
-        x_vals, loss(x_vals), grad(loss, tf.constant(x_vals)).numpy(), marks)}
+    marks = {
+        "Saddle (inflection) point": (SADDLE, loss(SADDLE)),
+        "Global minimum": (MINIMUM, loss(MINIMUM)),
+    }
+    figures = {
+        "loss_function": plots.loss_figure(
+            x_vals, loss(x_vals), grad(loss, tf.constant(x_vals)).numpy(), marks
+        )
+    }
     for name in settings.optimizers:
         paths = {}
         for lr in settings.learning_rates:
@@ -318,7 +352,8 @@ def _figures(settings: SuiteSettings, results: Results) -> dict:
             drawn = result.path if result.outcome != EXPLODED else result.path[:0]
             paths[f"learning rate={lr:g}: {result.describe()}"] = drawn
         figures[f"paths/{name}"] = plots.paths_figure(
-            _sentence_case(TITLES.get(name, name)), paths, loss, settings.max_iters)
+            _sentence_case(TITLES.get(name, name)), paths, loss, settings.max_iters
+        )
     return figures
 
 

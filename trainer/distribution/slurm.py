@@ -9,8 +9,14 @@ import tensorflow as tf
 from trainer.distribution import StrategyError
 
 # What srun tells each task of a job step, all that job_step_cluster needs.
-JOB_STEP_VARIABLES = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURMD_NODENAME",
-                        "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
+JOB_STEP_VARIABLES = (
+    "SLURM_JOB_ID",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURMD_NODENAME",
+    "SLURM_STEP_NODELIST",
+    "SLURM_STEP_TASKS_PER_NODE",
+)
 # Each job's workers listen on a block of ports picked by its job id, so that two jobs sharing
 # a node do not collide (unless their ids differ by a multiple of PORT_BLOCKS); the
 # tasks on a node take consecutive ports of it. Below Linux's ephemeral ports (32768-60999),
@@ -45,28 +51,43 @@ def job_step_cluster(environ=os.environ) -> tf.distribute.cluster_resolver.Simpl
     """
     rank, local = int(environ["SLURM_PROCID"]), int(environ["SLURM_LOCALID"])
     # scontrol expands Slurm's compressed node lists ("gpu[01-04,07]") as Slurm does.
-    nodes = subprocess.run(["scontrol", "show", "hostnames", environ["SLURM_STEP_NODELIST"]],
-                           capture_output=True, text=True, check=True,
-                           env=dict(environ)).stdout.split()
+    nodes = subprocess.run(
+        ["scontrol", "show", "hostnames", environ["SLURM_STEP_NODELIST"]],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(environ),
+    ).stdout.split()
     tasks = _expand_tasks_per_node(environ["SLURM_STEP_TASKS_PER_NODE"])
     if len(tasks) != len(nodes):
-        raise StrategyError(f"SLURM_STEP_TASKS_PER_NODE={environ['SLURM_STEP_TASKS_PER_NODE']} "
-                            f"does not match SLURM_STEP_NODELIST={environ['SLURM_STEP_NODELIST']}")
+        raise StrategyError(
+            f"SLURM_STEP_TASKS_PER_NODE={environ['SLURM_STEP_TASKS_PER_NODE']} "
+            f"does not match SLURM_STEP_NODELIST={environ['SLURM_STEP_NODELIST']}"
+        )
     if max(tasks) > PORTS_PER_BLOCK:
-        raise StrategyError(f"{max(tasks)} tasks on one node: at most {PORTS_PER_BLOCK} "
-                            "trainers per node have ports of their own")
+        raise StrategyError(
+            f"{max(tasks)} tasks on one node: at most {PORTS_PER_BLOCK} "
+            "trainers per node have ports of their own"
+        )
     base = port_base(int(environ["SLURM_JOB_ID"]))
-    workers = [f"{node}:{base + index}" for node, count in zip(nodes, tasks)
-               for index in range(count)]
+    workers = [
+        f"{node}:{base + index}" for node, count in zip(nodes, tasks) for index in range(count)
+    ]
     node = environ["SLURMD_NODENAME"]
     if workers[rank] != f"{node}:{base + local}":
-        raise StrategyError(f"task {rank} runs on {node} as its task {local}, not where a "
-                            f"block distribution puts it ({workers[rank]}); start the "
-                            "trainers with srun --distribution=block")
+        raise StrategyError(
+            f"task {rank} runs on {node} as its task {local}, not where a "
+            f"block distribution puts it ({workers[rank]}); start the "
+            "trainers with srun --distribution=block"
+        )
     gpus = _share_gpus(local, tasks[nodes.index(node)], environ)
     return tf.distribute.cluster_resolver.SimpleClusterResolver(
-        tf.train.ClusterSpec({"worker": workers}), task_type="worker", task_id=rank,
-        num_accelerators={"GPU": gpus}, rpc_layer="grpc")
+        tf.train.ClusterSpec({"worker": workers}),
+        task_type="worker",
+        task_id=rank,
+        num_accelerators={"GPU": gpus},
+        rpc_layer="grpc",
+    )
 
 
 def _expand_tasks_per_node(spec: str) -> list[int]:
@@ -86,9 +107,11 @@ def _share_gpus(local: int, tasks_on_node: int, environ) -> int:
     visible = [gpu for gpu in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu]
     share = len(visible) // tasks_on_node
     if len(visible) != share * tasks_on_node:
-        raise StrategyError(f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']}: "
-                            f"{len(visible)} GPU(s) do not divide among the node's "
-                            f"{tasks_on_node} tasks")
+        raise StrategyError(
+            f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']}: "
+            f"{len(visible)} GPU(s) do not divide among the node's "
+            f"{tasks_on_node} tasks"
+        )
     if share:
-        environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible[local * share:(local + 1) * share])
+        environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible[local * share : (local + 1) * share])
     return share

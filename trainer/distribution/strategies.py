@@ -34,13 +34,15 @@ def split_cpu(num_devices: int) -> list[str]:
     if current is None or len(current) != num_devices:
         try:
             tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+                cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices
+            )
         except RuntimeError:
             have = len(tf.config.list_logical_devices("CPU"))
             if have < num_devices:
                 raise StrategyError(
                     f"--cpu_replicas={num_devices}: TensorFlow already started with {have} "
-                    "CPU device(s); set it before any TensorFlow work") from None
+                    "CPU device(s); set it before any TensorFlow work"
+                ) from None
     return [d.name for d in tf.config.list_logical_devices("CPU")][:num_devices]
 
 
@@ -57,11 +59,14 @@ def create_strategy(name: str = "auto", cpu_replicas: int = 1) -> tf.distribute.
         return _strategy_on(tf.distribute.MultiWorkerMirroredStrategy, None)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus and cpu_replicas > 1:
-        raise StrategyError(f"--cpu_replicas={cpu_replicas} is for machines without GPUs; "
-                            f"this one has {len(gpus)} GPU(s), which are used instead")
+        raise StrategyError(
+            f"--cpu_replicas={cpu_replicas} is for machines without GPUs; "
+            f"this one has {len(gpus)} GPU(s), which are used instead"
+        )
     # GPUs if there are any, else the CPU split into the replicas asked for.
-    devices = ([d.name for d in tf.config.list_logical_devices("GPU")] if gpus
-               else split_cpu(cpu_replicas))
+    devices = (
+        [d.name for d in tf.config.list_logical_devices("GPU")] if gpus else split_cpu(cpu_replicas)
+    )
     if name == "one_device" or (name == "auto" and len(devices) == 1):
         return _strategy_on(tf.distribute.OneDeviceStrategy, devices[0])
     return _strategy_on(tf.distribute.MirroredStrategy, tuple(devices))
@@ -79,19 +84,26 @@ def read_tf_config() -> dict:
     """TF_CONFIG, checked: a cluster of workers (and maybe a chief) and this task in it."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise StrategyError("TF_CONFIG is not set, nor is this a Slurm job step; "
-                            "--strategy=multi_worker needs one of them to find the other "
-                            "workers (see README, 'Several machines' and 'Slurm')")
+        raise StrategyError(
+            "TF_CONFIG is not set, nor is this a Slurm job step; "
+            "--strategy=multi_worker needs one of them to find the other "
+            "workers (see README, 'Several machines' and 'Slurm')"
+        )
     try:
         tf_config = json.loads(raw)
         cluster, task = tf_config["cluster"], tf_config["task"]
         members = cluster[task["type"]]
-        valid = (isinstance(members, list) and 0 <= int(task["index"]) < len(members)
-                 and set(cluster) <= {"chief", "worker", "evaluator", "ps"})
+        valid = (
+            isinstance(members, list)
+            and 0 <= int(task["index"]) < len(members)
+            and set(cluster) <= {"chief", "worker", "evaluator", "ps"}
+        )
     except (ValueError, KeyError, TypeError) as e:
-        raise StrategyError(f"TF_CONFIG is malformed ({type(e).__name__}: {e}); expected "
-                            '{"cluster": {"worker": ["host:port", ...]}, '
-                            '"task": {"type": "worker", "index": 0}}') from None
+        raise StrategyError(
+            f"TF_CONFIG is malformed ({type(e).__name__}: {e}); expected "
+            '{"cluster": {"worker": ["host:port", ...]}, '
+            '"task": {"type": "worker", "index": 0}}'
+        ) from None
     if not valid:
         raise StrategyError(f"TF_CONFIG: task {task} is not in its cluster {cluster}")
     return tf_config

@@ -10,15 +10,20 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     if resolver.task_type == "chief":
         return True
-    return (resolver.task_type == "worker" and resolver.task_id == 0
-            and "chief" not in resolver.cluster_spec().jobs)
+    return (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().jobs
+    )
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
     """One line for the log: the strategy, its replicas, this worker and its devices."""
     worker = "" if is_chief(strategy) else f" (worker {worker_id(strategy)})"
-    return (f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
-            f"{worker}: {', '.join(strategy.extended.worker_devices)}")
+    return (
+        f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+        f"{worker}: {', '.join(strategy.extended.worker_devices)}"
+    )
 
 
 def worker_id(strategy: tf.distribute.Strategy) -> int:
@@ -34,8 +39,9 @@ def task_name(strategy: tf.distribute.Strategy) -> str:
     return f"worker {worker_id(strategy)}"
 
 
-def gather_from_workers(strategy: tf.distribute.Strategy,
-                        values: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+def gather_from_workers(
+    strategy: tf.distribute.Strategy, values: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
     """{task name: its `values`} of every process of the job, on every process.
 
     A collective: every worker calls it at the same point of the run. It lets the workers
@@ -45,8 +51,9 @@ def gather_from_workers(strategy: tf.distribute.Strategy,
     mine = tf.constant([[*task, *values]], tf.int64)
     per_replica = strategy.experimental_distribute_values_from_function(lambda _: mine)
     rows = strategy.gather(per_replica, axis=0).numpy().tolist()  # One row per replica.
-    return {("chief" if kind == 0 else f"worker {index}"): tuple(rest)
-            for kind, index, *rest in rows}
+    return {
+        ("chief" if kind == 0 else f"worker {index}"): tuple(rest) for kind, index, *rest in rows
+    }
 
 
 def chief_value(strategy: tf.distribute.Strategy, value: int) -> int:

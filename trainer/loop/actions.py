@@ -28,14 +28,25 @@ class WriteTrainScalars(Action):
 
     def __call__(self, step, logs):
         train = logs["train"]
-        self.writer.write_scalars(step, {
-            "train/loss": train["loss"], "train/accuracy": train["accuracy"],
-            "optim/learning_rate": train["learning_rate"], "optim/grad_norm": train["grad_norm"],
-            "optim/param_norm": train["param_norm"],
-            "perf/examples_per_sec": train["examples_per_sec"]})
+        self.writer.write_scalars(
+            step,
+            {
+                "train/loss": train["loss"],
+                "train/accuracy": train["accuracy"],
+                "optim/learning_rate": train["learning_rate"],
+                "optim/grad_norm": train["grad_norm"],
+                "optim/param_norm": train["param_norm"],
+                "perf/examples_per_sec": train["examples_per_sec"],
+            },
+        )
         if "loss_scale" in train:  # mixed_float16's dynamic loss scaling.
-            self.writer.write_scalars(step, {"optim/loss_scale": train["loss_scale"],
-                                             "optim/skipped_steps": train["skipped_steps"]})
+            self.writer.write_scalars(
+                step,
+                {
+                    "optim/loss_scale": train["loss_scale"],
+                    "optim/skipped_steps": train["skipped_steps"],
+                },
+            )
 
 
 class WriteGraph(Action):
@@ -63,22 +74,30 @@ class WriteHistograms(Action):
         self.every, self.state, self.writer = every, state, writer
 
     def __call__(self, step, logs):
-        self.writer.write_histograms(step, state_histograms(self.state.model,
-                                                            self.state.optimizer))
+        self.writer.write_histograms(step, state_histograms(self.state.model, self.state.optimizer))
 
 
 class Evaluate(Action):
     """Loss and accuracy on a whole eval split; adds them to the logs as `name`."""
 
-    def __init__(self, every: int, state: TrainState, dataset, num_batches: int,
-                 writer: MetricsWriter, name: str = "validation", tag: str = "eval"):
+    def __init__(
+        self,
+        every: int,
+        state: TrainState,
+        dataset,
+        num_batches: int,
+        writer: MetricsWriter,
+        name: str = "validation",
+        tag: str = "eval",
+    ):
         self.every, self.state, self.writer = every, state, writer
         self.dataset, self.num_batches, self.name, self.tag = dataset, num_batches, name, tag
 
     def __call__(self, step, logs):
         logs[self.name] = self.state.evaluate(self.dataset, self.num_batches)
-        self.writer.write_scalars(step, {f"{self.tag}/{key}": value
-                                         for key, value in logs[self.name].items()})
+        self.writer.write_scalars(
+            step, {f"{self.tag}/{key}": value for key, value in logs[self.name].items()}
+        )
 
 
 class WriteMisclassified(Action):

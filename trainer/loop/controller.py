@@ -47,11 +47,16 @@ class Controller:
     raises. `stop_requested()` is checked between runs (SIGTERM).
     """
 
-    def __init__(self, train: Callable[[int, int], dict], actions: Sequence[Action],
-                 total_steps: int, steps_per_loop: int,
-                 stop_requested: Callable[[], bool] = lambda: False,
-                 recoverable: tuple[type[Exception], ...] = (),
-                 recover: Callable[[Exception], int] | None = None):
+    def __init__(
+        self,
+        train: Callable[[int, int], dict],
+        actions: Sequence[Action],
+        total_steps: int,
+        steps_per_loop: int,
+        stop_requested: Callable[[], bool] = lambda: False,
+        recoverable: tuple[type[Exception], ...] = (),
+        recover: Callable[[Exception], int] | None = None,
+    ):
         if steps_per_loop < 1:
             raise ValueError(f"steps_per_loop must be at least 1, got {steps_per_loop}")
         self.train, self.actions = train, list(actions)

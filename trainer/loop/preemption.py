@@ -39,14 +39,18 @@ class Preempted(Exception):
         self.exit_code = exit_code
 
 
-def stopped(signum: int, step: int, total_steps: int | None = None,
-            saved_by: str = "saved") -> Preempted:
+def stopped(
+    signum: int, step: int, total_steps: int | None = None, saved_by: str = "saved"
+) -> Preempted:
     """The Preempted a stop by `signum` at `step` ends with; `saved_by` says who saved its
     checkpoint, or is None when the run stopped before training a step (nothing new to save)."""
     of_total = f" of {total_steps}" if total_steps else ""
-    what = (f"with a checkpoint {saved_by}" if saved_by else "before training a step")
-    return Preempted(f"{_NAMES[signum]}: stopped at step {step}{of_total} {what}; rerun the "
-                     "same command to resume", 128 + signum)
+    what = f"with a checkpoint {saved_by}" if saved_by else "before training a step"
+    return Preempted(
+        f"{_NAMES[signum]}: stopped at step {step}{of_total} {what}; rerun the "
+        "same command to resume",
+        128 + signum,
+    )
 
 
 _held = []  # The stop signals that arrived inside held_stop_signals(), before watch().
@@ -54,9 +58,14 @@ _held = []  # The stop signals that arrived inside held_stop_signals(), before w
 
 # The first Ctrl-C is answered at once, while the loop acts on it at its next step boundary;
 # a second ends the process at once.
-_ctrl_c = ctrl_c.CtrlCCounter(ends_at=2, answers=(
-    "Ctrl-C: stopping at the next step boundary with a checkpoint; Ctrl-C again stops at "
-    "once, losing the steps since then",), last_line="Ctrl-C again: stopping at once")
+_ctrl_c = ctrl_c.CtrlCCounter(
+    ends_at=2,
+    answers=(
+        "Ctrl-C: stopping at the next step boundary with a checkpoint; Ctrl-C again stops at "
+        "once, losing the steps since then",
+    ),
+    last_line="Ctrl-C again: stopping at once",
+)
 
 
 def _set_handlers(handler) -> dict:
@@ -97,8 +106,9 @@ def _take_held_signals() -> list[int]:
     held = list(dict.fromkeys(_held))
     _held.clear()
     for signum in held:
-        logging.info("%s arrived while the run was starting; stopping at the first step",
-                     _NAMES[signum])
+        logging.info(
+            "%s arrived while the run was starting; stopping at the first step", _NAMES[signum]
+        )
     return held
 
 
@@ -159,11 +169,14 @@ class ClusterPreemption:
         self._signum = signal.SIGTERM
         self._previous = {}
         self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            cluster_resolver, _RestoredAlready(tf.train.Checkpoint(), checkpoints.directory),
+            cluster_resolver,
+            _RestoredAlready(tf.train.Checkpoint(), checkpoints.directory),
             termination_config=tf.distribute.experimental.TerminationConfig(
                 exit_fn=self._stop,
                 # Our save: into the run's directory on the chief, cleaned up on the others.
-                save_fn=lambda checkpoint_number: checkpoints.save(checkpoint_number)))
+                save_fn=lambda checkpoint_number: checkpoints.save(checkpoint_number),
+            ),
+        )
 
     def _stop(self):
         raise stopped(self._signum, self._step, saved_by="saved by every worker")
@@ -179,8 +192,11 @@ class ClusterPreemption:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signal.SIGINT: signal.signal(
-                signal.SIGINT, lambda signum, frame: self._pass_on(signum))}
+            self._previous = {
+                signal.SIGINT: signal.signal(
+                    signal.SIGINT, lambda signum, frame: self._pass_on(signum)
+                )
+            }
             for signum in _take_held_signals():
                 self._pass_on(signum)
         return self

@@ -11,14 +11,25 @@ from trainer.optimizers.schedules import SCHEDULES, learning_rate_schedule
 OPTIMIZERS = {"gd": GradientDescent, "momentum": Momentum, "adam": Adam}
 
 
-def create(name: str, learning_rate: LearningRate, jit_compile: bool = True,
-           loss_scaling: bool = False) -> Optimizer:
+def create(
+    name: str, learning_rate: LearningRate, jit_compile: bool = True, loss_scaling: bool = False
+) -> Optimizer:
     """Returns a new optimizer by its short name (see OPTIMIZERS), with default settings."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](learning_rate=learning_rate, jit_compile=jit_compile,
-                            loss_scaling=loss_scaling)
+    return OPTIMIZERS[name](
+        learning_rate=learning_rate, jit_compile=jit_compile, loss_scaling=loss_scaling
+    )
 
 
-__all__ = ["Adam", "GradientDescent", "LearningRate", "Momentum", "OPTIMIZERS", "Optimizer",
-           "SCHEDULES", "create", "learning_rate_schedule"]
+__all__ = [
+    "Adam",
+    "GradientDescent",
+    "LearningRate",
+    "Momentum",
+    "OPTIMIZERS",
+    "Optimizer",
+    "SCHEDULES",
+    "create",
+    "learning_rate_schedule",
+]

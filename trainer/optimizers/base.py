@@ -47,9 +47,14 @@ class Optimizer(tf.Module):
     # Names of the per-variable state tensors `update_step` receives, in order.
     slot_names: tuple[str, ...] = ()
 
-    def __init__(self, learning_rate: LearningRate, name: str, jit_compile: bool = True,
-                 loss_scaling: bool = False,
-                 growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL):
+    def __init__(
+        self,
+        learning_rate: LearningRate,
+        name: str,
+        jit_compile: bool = True,
+        loss_scaling: bool = False,
+        growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL,
+    ):
         super().__init__(name=name)
         if growth_interval < 1:
             raise ValueError(f"{name}: growth_interval must be at least 1, got {growth_interval}")
@@ -66,8 +71,9 @@ class Optimizer(tf.Module):
         self.loss_scale = self.finite_steps = self.skipped_steps = None
         self.slots = []  # slots[i][j]: slot_names[j] of the i-th variable.
         self._slot_index = {}  # variable ref -> i; plain ints, so not checkpointed.
-        self._update_rule = (tf.function(self.update_step, jit_compile=True) if jit_compile
-                             else self.update_step)
+        self._update_rule = (
+            tf.function(self.update_step, jit_compile=True) if jit_compile else self.update_step
+        )
 
     @property
     def built(self) -> bool:
@@ -86,27 +92,51 @@ class Optimizer(tf.Module):
         with self.name_scope:
             # ONLY_FIRST_REPLICA: one increment per step, not one per replica.
             self.iterations, self.first_nonfinite_step = (
-                tf.Variable(0, dtype=tf.int64, trainable=False, name=name,
-                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                for name in ("iterations", "first_nonfinite_step"))
+                tf.Variable(
+                    0,
+                    dtype=tf.int64,
+                    trainable=False,
+                    name=name,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+                for name in ("iterations", "first_nonfinite_step")
+            )
             self.grad_norm = tf.Variable(
-                0.0, trainable=False, name="grad_norm",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                0.0,
+                trainable=False,
+                name="grad_norm",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
             if self.loss_scaling:
                 self.loss_scale = tf.Variable(
-                    INITIAL_LOSS_SCALE, trainable=False, name="loss_scale",
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                    INITIAL_LOSS_SCALE,
+                    trainable=False,
+                    name="loss_scale",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
                 self.finite_steps, self.skipped_steps = (
-                    tf.Variable(0, dtype=tf.int64, trainable=False, name=name,
-                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                    for name in ("finite_steps", "skipped_steps"))
+                    tf.Variable(
+                        0,
+                        dtype=tf.int64,
+                        trainable=False,
+                        name=name,
+                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    )
+                    for name in ("finite_steps", "skipped_steps")
+                )
             for i, var in enumerate(variables):
                 self._slot_index[var.ref()] = i
                 base_name = var.name.split(":")[0].replace("/", "_")
-                self.slots.append([
-                    tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False,
-                                name=f"{base_name}_{slot}")
-                    for slot in self.slot_names])
+                self.slots.append(
+                    [
+                        tf.Variable(
+                            tf.zeros(var.shape, var.dtype),
+                            trainable=False,
+                            name=f"{base_name}_{slot}",
+                        )
+                        for slot in self.slot_names
+                    ]
+                )
 
     def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
         """The loss to differentiate: times the loss scale with loss_scaling, else as it is.
@@ -141,7 +171,8 @@ class Optimizer(tf.Module):
             return self._update(tf.distribute.get_strategy(), pairs)
         summed = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
         return replica_context.merge_call(
-            self._update, args=(list(zip(summed, (v for _, v in pairs))),))
+            self._update, args=(list(zip(summed, (v for _, v in pairs))),)
+        )
 
     def _update(self, strategy: tf.distribute.Strategy, pairs):
         learning_rate = self.current_learning_rate()
@@ -160,8 +191,11 @@ class Optimizer(tf.Module):
         for grad, var in pairs:
             slots = self.slots[self._slot_index[var.ref()]]
             strategy.extended.update(
-                var, self._update_one,
-                args=(var, grad, learning_rate, step, slots, unscale, finite), group=False)
+                var,
+                self._update_one,
+                args=(var, grad, learning_rate, step, slots, unscale, finite),
+                group=False,
+            )
         seen = self.first_nonfinite_step
         if self.loss_scaling:
             self._update_loss_scale(finite)
@@ -179,8 +213,11 @@ class Optimizer(tf.Module):
         """Halve on an overflow (to no less than 1); double after growth_interval finite steps."""
         grow = finite & (self.finite_steps + 1 >= self.growth_interval)
         scale = self.loss_scale
-        self.loss_scale.assign(tf.where(
-            finite, tf.where(grow, scale * 2.0, scale), tf.maximum(scale / 2.0, MIN_LOSS_SCALE)))
+        self.loss_scale.assign(
+            tf.where(
+                finite, tf.where(grow, scale * 2.0, scale), tf.maximum(scale / 2.0, MIN_LOSS_SCALE)
+            )
+        )
         zero = tf.constant(0, tf.int64)
         self.finite_steps.assign(tf.where(finite & ~grow, self.finite_steps + 1, zero))
         self.skipped_steps.assign_add(tf.where(finite, zero, 1))
@@ -196,8 +233,7 @@ class Optimizer(tf.Module):
             return self._update_rule(grad, copy, learning_rate, slots, step)
 
         def apply():
-            self._update_rule(grad * tf.cast(unscale, grad.dtype), copy, learning_rate, slots,
-                              step)
+            self._update_rule(grad * tf.cast(unscale, grad.dtype), copy, learning_rate, slots, step)
             return tf.constant(True)
 
         # A skipped step leaves the variable and its slots untouched.

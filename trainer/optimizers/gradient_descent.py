@@ -11,8 +11,9 @@ class GradientDescent(Optimizer):
         opt.apply_gradients([g], [x])
     """
 
-    def __init__(self, learning_rate: LearningRate = 1e-3, name: str = "gradient_descent",
-                 **kwargs):
+    def __init__(
+        self, learning_rate: LearningRate = 1e-3, name: str = "gradient_descent", **kwargs
+    ):
         super().__init__(learning_rate, name, **kwargs)  # jit_compile, loss_scaling
 
     def update_step(self, grad, var, learning_rate, slots, step):

@@ -14,8 +14,13 @@ class Momentum(Optimizer):
 
     slot_names = ("change",)
 
-    def __init__(self, learning_rate: LearningRate = 1e-3, momentum: float = 0.7,
-                 name: str = "momentum", **kwargs):
+    def __init__(
+        self,
+        learning_rate: LearningRate = 1e-3,
+        momentum: float = 0.7,
+        name: str = "momentum",
+        **kwargs,
+    ):
         super().__init__(learning_rate, name, **kwargs)  # jit_compile, loss_scaling
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"{name}: momentum must be in [0, 1), got {momentum!r}")

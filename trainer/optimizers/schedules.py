@@ -11,8 +11,9 @@ from trainer.optimizers.base import LearningRate
 SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate_schedule(name: str, peak: float, total_steps: int,
-                           warmup_steps: int = 0) -> LearningRate:
+def learning_rate_schedule(
+    name: str, peak: float, total_steps: int, warmup_steps: int = 0
+) -> LearningRate:
     """Both start with a linear warm-up from 0 over `warmup_steps`, if any. `constant`: then
     `peak` to the end. `cosine`: then cosine decay from `peak` to 0 at `total_steps`."""
     if name not in SCHEDULES:
@@ -21,6 +22,8 @@ def learning_rate_schedule(name: str, peak: float, total_steps: int,
         return peak
     return tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup_steps else peak,
-        decay_steps=max(total_steps - warmup_steps, 1), warmup_steps=warmup_steps,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        warmup_steps=warmup_steps,
         warmup_target=peak if warmup_steps else None,
-        alpha=1.0 if name == "constant" else 0.0)  # Decays to alpha * peak: none at all.
+        alpha=1.0 if name == "constant" else 0.0,
+    )  # Decays to alpha * peak: none at all.

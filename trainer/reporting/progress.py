@@ -9,8 +9,14 @@ import time
 
 
 class Progress:
-    def __init__(self, first_step: int, total_steps: int, steps_per_epoch: int,
-                 enabled: bool = True, stream=None):
+    def __init__(
+        self,
+        first_step: int,
+        total_steps: int,
+        steps_per_epoch: int,
+        enabled: bool = True,
+        stream=None,
+    ):
         self.stream = stream or sys.stdout
         self.enabled = enabled
         self.tty = self.stream.isatty()
@@ -29,9 +35,11 @@ class Progress:
     def _line(self, step: int, train: dict, examples_per_sec: float) -> str:
         epoch = -(-step // self.steps_per_epoch)
         in_epoch = step - (epoch - 1) * self.steps_per_epoch
-        return (f"epoch {epoch}/{self.total_steps // self.steps_per_epoch}  "
-                f"step {in_epoch}/{self.steps_per_epoch}  {examples_per_sec:,.0f} ex/s  "
-                f"loss {train['loss']:.4f}  acc {train['accuracy']:.4f}  ETA {self._eta(step)}")
+        return (
+            f"epoch {epoch}/{self.total_steps // self.steps_per_epoch}  "
+            f"step {in_epoch}/{self.steps_per_epoch}  {examples_per_sec:,.0f} ex/s  "
+            f"loss {train['loss']:.4f}  acc {train['accuracy']:.4f}  ETA {self._eta(step)}"
+        )
 
     def update(self, step: int, train: dict, examples_per_sec: float) -> None:
         """Redraws the line in a terminal (at most 10 times a second); silent elsewhere."""
@@ -41,11 +49,12 @@ class Progress:
             self.stream.flush()
             self._last_draw = now
 
-    def end_epoch(self, step: int, train: dict, examples_per_sec: float,
-                  validation: dict) -> None:
+    def end_epoch(self, step: int, train: dict, examples_per_sec: float, validation: dict) -> None:
         if not self.enabled:
             return
-        line = (self._line(step, train, examples_per_sec)
-                + f"  val_loss {validation['loss']:.4f}  val_acc {validation['accuracy']:.4f}")
+        line = (
+            self._line(step, train, examples_per_sec)
+            + f"  val_loss {validation['loss']:.4f}  val_acc {validation['accuracy']:.4f}"
+        )
         self.stream.write(("\r\033[K" if self.tty else "") + line + "\n")
         self.stream.flush()

@@ -11,16 +11,19 @@ from trainer.reporting.figures import new_figure, pixels
 
 def state_histograms(model: tf.Module, optimizer: Optimizer) -> dict[str, tf.Tensor]:
     """Every layer's weights and every optimizer slot, by TensorBoard tag."""
+
     def tag(variable):
         return variable.name.split(":")[0]
+
     values = {f"weights/{tag(v)}": v for v in model.trainable_variables}
     for slots in optimizer.slots:
         values.update({f"optimizer/{tag(slot)}": slot for slot in slots})
     return values
 
 
-def misclassified_grid(model: tf.Module, split: mnist.Split, max_images: int = 16,
-                       scan: int = 2_000) -> np.ndarray | None:
+def misclassified_grid(
+    model: tf.Module, split: mnist.Split, max_images: int = 16, scan: int = 2_000
+) -> np.ndarray | None:
     """A grid of up to `max_images` digits from the first `scan` of `split` that the model gets
     wrong, each titled with its predicted and true label; None if it gets them all right."""
     images, labels = split.images[:scan], split.labels[:scan]

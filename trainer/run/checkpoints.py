@@ -34,18 +34,21 @@ def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
     except AssertionError as e:
         raise CheckpointError(
             f"{path}: lacks some of what this trainer checkpoints ({_first_line(e)}); written "
-            "by an older version? Train into another --logdir or --run_name") from None
+            "by an older version? Train into another --logdir or --run_name"
+        ) from None
     except ValueError as e:
         # The wording differs between plain and mirrored variables.
         if "incompatible tensor with shape" in str(e) or "Shape mismatch" in str(e):
             raise CheckpointError(
                 f"{path}: written by a model of another shape ({_first_line(e)}); "
-                "train into another --logdir or --run_name") from None
+                "train into another --logdir or --run_name"
+            ) from None
         raise
 
 
-def restore_latest(checkpoint: tf.train.Checkpoint,
-                   manager: tf.train.CheckpointManager) -> str | None:
+def restore_latest(
+    checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager
+) -> str | None:
     """Restores the newest readable checkpoint the manager lists and returns its path.
 
     A truncated or corrupted checkpoint is skipped for the one before it, with a warning; one
@@ -56,13 +59,16 @@ def restore_latest(checkpoint: tf.train.Checkpoint,
         try:
             restore(checkpoint, path)
         except (tf.errors.OpError, IndexError) as e:
-            logging.warning("%s is unreadable (%s); trying the checkpoint before it",
-                            path, _first_line(e))
+            logging.warning(
+                "%s is unreadable (%s); trying the checkpoint before it", path, _first_line(e)
+            )
             continue
         return path
     if manager.checkpoints:
-        raise CheckpointError(f"{manager.directory}: none of the checkpoints "
-                              f"{', '.join(manager.checkpoints)} can be read")
+        raise CheckpointError(
+            f"{manager.directory}: none of the checkpoints "
+            f"{', '.join(manager.checkpoints)} can be read"
+        )
     return None
 
 
@@ -83,19 +89,29 @@ class RunCheckpoints:
     worker calls at the same point (distribute.chief_value); in one process, the identity.
     """
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int,
-                 is_chief: bool = True, task: str = "worker 0",
-                 chief_value: Callable[[int], int] = lambda value: value):
+    def __init__(
+        self,
+        checkpoint: tf.train.Checkpoint,
+        directory: str,
+        max_to_keep: int,
+        is_chief: bool = True,
+        task: str = "worker 0",
+        chief_value: Callable[[int], int] = lambda value: value,
+    ):
         self.checkpoint, self.directory = checkpoint, directory
         self.is_chief, self.task, self._chief_value = is_chief, task, chief_value
-        write_directory = directory if is_chief else os.path.join(
-            directory, "." + task.replace(" ", "-"))
+        write_directory = (
+            directory if is_chief else os.path.join(directory, "." + task.replace(" ", "-"))
+        )
         if not is_chief and tf.io.gfile.exists(write_directory):
             # Left by a save that was killed before its cleanup; never read back.
             tf.io.gfile.rmtree(write_directory)
         self.manager = tf.train.CheckpointManager(
-            checkpoint, write_directory, max_to_keep if is_chief else 1,
-            checkpoint_name=CHECKPOINT_NAME)
+            checkpoint,
+            write_directory,
+            max_to_keep if is_chief else 1,
+            checkpoint_name=CHECKPOINT_NAME,
+        )
         self._saved = None  # (step, path) of this process's last save.
         disk.note_checkpoints(directory)
 
@@ -109,19 +125,23 @@ class RunCheckpoints:
             raise
         step = self._chief_value(_step_of(path))
         if step < 0:
-            raise CheckpointError(f"{self.directory}: the chief could not restore a checkpoint "
-                                  "(its log says why)")
+            raise CheckpointError(
+                f"{self.directory}: the chief could not restore a checkpoint (its log says why)"
+            )
         if self.is_chief or step == 0:
             return path
         path = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{step}")
         if not tf.io.gfile.exists(path + ".index"):
-            raise CheckpointError(f"{path}: the chief restored it, but {self.task} does not see "
-                                  "it; every worker must reach --logdir on storage they share")
+            raise CheckpointError(
+                f"{path}: the chief restored it, but {self.task} does not see "
+                "it; every worker must reach --logdir on storage they share"
+            )
         try:
             restore(self.checkpoint, path)
         except (tf.errors.OpError, IndexError) as e:
-            raise CheckpointError(f"{path}: the chief restored it, but {self.task} cannot read "
-                                  f"it ({_first_line(e)})") from None
+            raise CheckpointError(
+                f"{path}: the chief restored it, but {self.task} cannot read it ({_first_line(e)})"
+            ) from None
         return path
 
     def save(self, step: int) -> str:
@@ -130,8 +150,11 @@ class RunCheckpoints:
         if self._saved and self._saved[0] == step:
             return self._saved[1]
         name = f"{CHECKPOINT_NAME}-{step}"
-        with disk.writing(self.manager.directory, f"saving checkpoint {name}",
-                          undo=lambda: self._remove_unlisted(name)):
+        with disk.writing(
+            self.manager.directory,
+            f"saving checkpoint {name}",
+            undo=lambda: self._remove_unlisted(name),
+        ):
             path = self.manager.save(checkpoint_number=step)
         if not self.is_chief:
             tf.io.gfile.rmtree(self.manager.directory)

@@ -33,8 +33,9 @@ class DiskFullError(OneLineError, OSError):
 def is_full(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.errno in _FULL
-    return (isinstance(error, tf.errors.ResourceExhaustedError)
-            and any(os.strerror(code) in error.message for code in _FULL))
+    return isinstance(error, tf.errors.ResourceExhaustedError) and any(
+        os.strerror(code) in error.message for code in _FULL
+    )
 
 
 def note_checkpoints(directory: str) -> None:
@@ -53,8 +54,10 @@ def writing(directory: str, what: str, undo: Callable[[], None]):
         if not is_full(error):
             raise
         undo()
-        raise DiskFullError(f"{directory}: no space left on device while {what} (removed what "
-                            f"it had written); {_next_step(directory)}") from error
+        raise DiskFullError(
+            f"{directory}: no space left on device while {what} (removed what "
+            f"it had written); {_next_step(directory)}"
+        ) from error
 
 
 def _next_step(path: str) -> str:
@@ -63,10 +66,13 @@ def _next_step(path: str) -> str:
         if os.path.commonpath([path, run_dir]) == run_dir:
             latest = tf.train.latest_checkpoint(checkpoints)
             if latest:
-                return (f"the last whole checkpoint is {latest}: free some space and rerun "
-                        "the same command to resume from it")
-    return ("no checkpoint was saved yet: free some space and rerun the same command to "
-            "start the run")
+                return (
+                    f"the last whole checkpoint is {latest}: free some space and rerun "
+                    "the same command to resume from it"
+                )
+    return (
+        "no checkpoint was saved yet: free some space and rerun the same command to start the run"
+    )
 
 
 def remove(path: str) -> None:

@@ -43,11 +43,16 @@ def export(model: tf.Module, directory: str) -> str:
     partial = os.path.join(parent, f".{name}.partial")
     disk.remove(partial)  # Left by a job killed mid-export.
     classifier = Classifier(model)
-    with disk.writing(parent, f"exporting the SavedModel {name}",
-                      undo=lambda: disk.remove(partial)):
-        tf.saved_model.save(classifier, partial, signatures={
-            "serving_default": classifier.classify_images,
-            "classify_pixels": classifier.classify_pixels,
-        })
+    with disk.writing(
+        parent, f"exporting the SavedModel {name}", undo=lambda: disk.remove(partial)
+    ):
+        tf.saved_model.save(
+            classifier,
+            partial,
+            signatures={
+                "serving_default": classifier.classify_images,
+                "classify_pixels": classifier.classify_pixels,
+            },
+        )
     tf.io.gfile.rename(partial, directory)
     return directory

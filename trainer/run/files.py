@@ -25,9 +25,12 @@ RESULT_FILE = "result.json"
 
 def git_commit() -> str:
     """HEAD of the code's repository, marked `-dirty` with uncommitted changes, or `unknown`."""
+
     def git(*args):
-        return subprocess.run(["git", "-C", REPOSITORY, *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", REPOSITORY, *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
@@ -40,14 +43,19 @@ def write_flags(run_dir: str, flagfile: str) -> str:
     path = os.path.join(run_dir, FLAGS_FILE)
     if os.path.exists(path):
         return path
-    return _write_whole(path, f"# git commit {git_commit()}\n"
-                              f"# rerun: python -m trainer.train --flagfile={path}\n{flagfile}")
+    return _write_whole(
+        path,
+        f"# git commit {git_commit()}\n"
+        f"# rerun: python -m trainer.train --flagfile={path}\n{flagfile}",
+    )
 
 
 def write_result(run_dir: str, result) -> str:
     """Writes a dataclass result as JSON."""
-    return _write_json(os.path.join(run_dir, RESULT_FILE),
-                       {**dataclasses.asdict(result), "git_commit": git_commit()})
+    return _write_json(
+        os.path.join(run_dir, RESULT_FILE),
+        {**dataclasses.asdict(result), "git_commit": git_commit()},
+    )
 
 
 def read_result(run_dir: str) -> dict | None:
@@ -73,8 +81,11 @@ def _write_json(path: str, content: dict) -> str:
 def _write_whole(path: str, text: str) -> str:
     """Atomically: a reader never sees half a file, nor does a rerun after a full disk."""
     partial = path + ".tmp"
-    with disk.writing(os.path.dirname(path), f"writing {os.path.basename(path)}",
-                      undo=lambda: disk.remove(partial)):
+    with disk.writing(
+        os.path.dirname(path),
+        f"writing {os.path.basename(path)}",
+        undo=lambda: disk.remove(partial),
+    ):
         with open(partial, "w") as f:
             f.write(text)
     os.replace(partial, path)

@@ -37,12 +37,16 @@ def hold(run_dir: str):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunInUse(f"{run_dir} is in use by another trainer ({_holder(fd)}); let it "
-                           "finish or stop it, or train into another --run_name or --logdir"
-                           ) from None
+            raise RunInUse(
+                f"{run_dir} is in use by another trainer ({_holder(fd)}); let it "
+                "finish or stop it, or train into another --run_name or --logdir"
+            ) from None
         except OSError as e:  # ENOLCK, EOPNOTSUPP: a filesystem that has no locks.
-            logging.warning("cannot lock %s (%s): a second trainer on this run directory "
-                            "would not be refused", path, e.strerror)
+            logging.warning(
+                "cannot lock %s (%s): a second trainer on this run directory would not be refused",
+                path,
+                e.strerror,
+            )
         else:
             _record_holder(fd)
         yield path
@@ -53,8 +57,11 @@ def hold(run_dir: str):
 def _record_holder(fd: int) -> None:
     """Writes who holds the lock, for the error a second trainer meets; best effort (on a full
     disk the lock holds without it)."""
-    holder = {"pid": os.getpid(), "host": socket.gethostname(),
-              "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode() + b"\n", 0)

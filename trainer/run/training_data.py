@@ -25,15 +25,17 @@ def load(config: TrainConfig, strategy: tf.distribute.Strategy, run_dir: str) ->
     source = config.data_source
     if source == "auto" and recorded:
         source = recorded["source"]
-        logging.info("data_source=auto: the run in %s trained on %s MNIST; resuming on it",
-                     run_dir, source)
+        logging.info(
+            "data_source=auto: the run in %s trained on %s MNIST; resuming on it", run_dir, source
+        )
     data = mnist.load(source, config.data_dir)
     if recorded and recorded["fingerprint"] != data.fingerprint:
         raise DataError(
             f"--data_source={config.data_source}: the run in {run_dir} trained on "
             f"{recorded['source']} MNIST (fingerprint {recorded['fingerprint']}), this is "
             f"{data.source} MNIST ({data.fingerprint}); resume on the data it started with "
-            "(its validation images would be trained on), or choose another --run_name")
+            "(its validation images would be trained on), or choose another --run_name"
+        )
     _check_same_on_every_worker(strategy, data)
     return data
 
@@ -41,14 +43,16 @@ def load(config: TrainConfig, strategy: tf.distribute.Strategy, run_dir: str) ->
 def _check_same_on_every_worker(strategy: tf.distribute.Strategy, data: mnist.Mnist) -> None:
     # 60 bits of the fingerprint tell arrays apart as well as a person reading it would.
     held = workers.gather_from_workers(
-        strategy, (int(workers.is_chief(strategy)), int(data.fingerprint[:15], 16)))
+        strategy, (int(workers.is_chief(strategy)), int(data.fingerprint[:15], 16))
+    )
     chief = next(fingerprint for is_chief, fingerprint in held.values() if is_chief)
     others = sorted(task for task, (_, fingerprint) in held.items() if fingerprint != chief)
     if others:
         raise DataError(
             f"{', '.join(others)} hold(s) other MNIST than the chief (here, "
             f"{workers.task_name(strategy)}: --data_source={data.source}, fingerprint "
-            f"{data.fingerprint}); give every worker the same --data_source and --data_dir")
+            f"{data.fingerprint}); give every worker the same --data_source and --data_dir"
+        )
 
 
 def record(data: mnist.Mnist) -> dict:

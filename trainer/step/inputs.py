@@ -15,23 +15,30 @@ EVAL_SPLITS = ("validation", "test")
 
 
 class Inputs:
-    def __init__(self, strategy: tf.distribute.Strategy, data: mnist.Mnist, batch_size: int,
-                 seed: int):
+    def __init__(
+        self, strategy: tf.distribute.Strategy, data: mnist.Mnist, batch_size: int, seed: int
+    ):
         replicas = strategy.num_replicas_in_sync
         if batch_size % replicas:
-            raise ConfigError(f"--batch_size={batch_size}: must be divisible by the "
-                              f"{replicas} replicas in sync")
+            raise ConfigError(
+                f"--batch_size={batch_size}: must be divisible by the {replicas} replicas in sync"
+            )
         self.steps_per_epoch = len(data.train) // batch_size
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"--batch_size={batch_size}: larger than the "
-                              f"{len(data.train)} training examples")
+            raise ConfigError(
+                f"--batch_size={batch_size}: larger than the {len(data.train)} training examples"
+            )
         self.strategy, self.data, self.batch_size, self.seed = strategy, data, batch_size, seed
         # Padded to whole batches (mnist.eval_dataset), so every example counts exactly once.
-        self.eval_batches = {name: -(-len(getattr(data, name)) // batch_size)
-                             for name in EVAL_SPLITS}
-        self.eval_sets = {name: strategy.experimental_distribute_dataset(
-                              mnist.eval_dataset(getattr(data, name), batch_size))
-                          for name in EVAL_SPLITS}
+        self.eval_batches = {
+            name: -(-len(getattr(data, name)) // batch_size) for name in EVAL_SPLITS
+        }
+        self.eval_sets = {
+            name: strategy.experimental_distribute_dataset(
+                mnist.eval_dataset(getattr(data, name), batch_size)
+            )
+            for name in EVAL_SPLITS
+        }
 
     def train_batches(self, step: int = 0):
         """An iterator over the distributed training batches from global step `step` on.
@@ -40,8 +47,9 @@ class Inputs:
         exiting.leave, it is never deleted.
         """
         epoch, done = divmod(step, self.steps_per_epoch)
-        dataset = mnist.train_dataset(self.data.train, self.batch_size, self.seed,
-                                      first_epoch=epoch, skip_batches=done)
+        dataset = mnist.train_dataset(
+            self.data.train, self.batch_size, self.seed, first_epoch=epoch, skip_batches=done
+        )
         return exiting.keep_until_exit(iter(self.strategy.experimental_distribute_dataset(dataset)))
 
     def eval_set(self, name: str) -> tuple[tf.distribute.DistributedDataset, int]:

@@ -15,18 +15,29 @@ class ClassificationMetrics(tf.Module):
         super().__init__(name=name)
         with self.name_scope:
             self.loss_sum, self.correct, self.count = (
-                tf.Variable(0.0, trainable=False, name=n,
-                            synchronization=tf.VariableSynchronization.ON_READ,
-                            aggregation=tf.VariableAggregation.SUM)
-                for n in ("loss_sum", "correct", "count"))
+                tf.Variable(
+                    0.0,
+                    trainable=False,
+                    name=n,
+                    synchronization=tf.VariableSynchronization.ON_READ,
+                    aggregation=tf.VariableAggregation.SUM,
+                )
+                for n in ("loss_sum", "correct", "count")
+            )
 
-    def update(self, labels: tf.Tensor, logits: tf.Tensor, per_example_loss: tf.Tensor,
-               weights: tf.Tensor | None = None) -> None:
+    def update(
+        self,
+        labels: tf.Tensor,
+        logits: tf.Tensor,
+        per_example_loss: tf.Tensor,
+        weights: tf.Tensor | None = None,
+    ) -> None:
         """Adds one batch (replica context). `weights` of 0 mark padding examples."""
         if weights is None:
             weights = tf.ones_like(per_example_loss)
-        hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels),
-                       tf.float32)
+        hits = tf.cast(
+            tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels), tf.float32
+        )
         self.loss_sum.assign_add(tf.reduce_sum(per_example_loss * weights))
         self.correct.assign_add(tf.reduce_sum(hits * weights))
         self.count.assign_add(tf.reduce_sum(weights))
@@ -34,8 +45,10 @@ class ClassificationMetrics(tf.Module):
     def result(self) -> dict[str, float]:
         """{'loss', 'accuracy'} over everything since the last reset (a device-to-host sync)."""
         count = max(float(self.count.read_value()), 1.0)
-        return {"loss": float(self.loss_sum.read_value()) / count,
-                "accuracy": float(self.correct.read_value()) / count}
+        return {
+            "loss": float(self.loss_sum.read_value()) / count,
+            "accuracy": float(self.correct.read_value()) / count,
+        }
 
     def reset(self) -> None:
         for variable in (self.loss_sum, self.correct, self.count):

@@ -20,8 +20,7 @@ from trainer.step.metrics import ClassificationMetrics
 from trainer.step.steps import compile_loop, make_eval_step, make_train_step
 
 # What each --precision computes in; variables and optimizer state are float32 in all three.
-COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
-                  "mixed_float16": tf.float16}
+COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
 
 
 class DivergenceError(OneLineError):
@@ -36,8 +35,11 @@ class DivergenceError(OneLineError):
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optimizers.LearningRate:
     """The config's schedule, with its epochs turned into steps."""
     return optimizers.learning_rate_schedule(
-        config.lr_schedule, config.learning_rate, total_steps=config.epochs * steps_per_epoch,
-        warmup_steps=int(config.warmup_epochs * steps_per_epoch))
+        config.lr_schedule,
+        config.learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+    )
 
 
 @dataclasses.dataclass
@@ -65,14 +67,18 @@ class TrainState:
 
     def skip_window(self, first_step: int, last_step: int) -> None:
         """From now on, steps take the batches after those steps first..last would have."""
-        self.skipped_windows.assign(tf.concat(
-            [self.skipped_windows, tf.constant([[first_step, last_step]], tf.int64)], axis=0))
+        self.skipped_windows.assign(
+            tf.concat(
+                [self.skipped_windows, tf.constant([[first_step, last_step]], tf.int64)], axis=0
+            )
+        )
 
     def checkpoint(self) -> tf.train.Checkpoint:
         """What a checkpoint holds: the weights, all optimizer state (step counter included)
         and where the data stands."""
-        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                   skipped_windows=self.skipped_windows)
+        return tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, skipped_windows=self.skipped_windows
+        )
 
     def train(self, iterator, num_steps: int) -> dict[str, float]:
         """Runs `num_steps` compiled steps and returns what they measured.
@@ -93,15 +99,22 @@ class TrainState:
         bad_step = int(self.optimizer.first_nonfinite_step.numpy())
         if bad_step or not math.isfinite(measured["loss"]):
             step = bad_step or first_step + num_steps
-            raise DivergenceError(f"step {step}: the loss or a gradient is not finite "
-                                  f"(train loss {measured['loss']})", step)
-        measured.update(learning_rate=learning_rate,
-                        grad_norm=float(self.optimizer.grad_norm.numpy()),
-                        param_norm=float(tf.linalg.global_norm(self.model.trainable_variables)),
-                        examples_per_sec=num_steps * self.global_batch_size / seconds)
+            raise DivergenceError(
+                f"step {step}: the loss or a gradient is not finite "
+                f"(train loss {measured['loss']})",
+                step,
+            )
+        measured.update(
+            learning_rate=learning_rate,
+            grad_norm=float(self.optimizer.grad_norm.numpy()),
+            param_norm=float(tf.linalg.global_norm(self.model.trainable_variables)),
+            examples_per_sec=num_steps * self.global_batch_size / seconds,
+        )
         if self.optimizer.loss_scaling:
-            measured.update(loss_scale=float(self.optimizer.loss_scale.numpy()),
-                            skipped_steps=int(self.optimizer.skipped_steps.numpy()))
+            measured.update(
+                loss_scale=float(self.optimizer.loss_scale.numpy()),
+                skipped_steps=int(self.optimizer.skipped_steps.numpy()),
+            )
         return measured
 
     def evaluate(self, dataset, num_batches: int) -> dict[str, float]:
@@ -111,35 +124,57 @@ class TrainState:
         return self.eval_metrics.result()
 
 
-def build_train_state(strategy: tf.distribute.Strategy, config: TrainConfig,
-                      steps_per_epoch: int,
-                      optimizer: optimizers.Optimizer | None = None) -> TrainState:
+def build_train_state(
+    strategy: tf.distribute.Strategy,
+    config: TrainConfig,
+    steps_per_epoch: int,
+    optimizer: optimizers.Optimizer | None = None,
+) -> TrainState:
     """Model, optimizer (config.optimizer, or the one given), metrics and compiled loops.
 
     Every variable, optimizer state included, is created under the strategy's scope, so each
     is mirrored across its replicas.
     """
     if config.precision == "mixed_float16" and all(
-            "CPU" in device for device in strategy.extended.worker_devices):
+        "CPU" in device for device in strategy.extended.worker_devices
+    ):
         # On CPUs, TF 2.21 runs the float16 MatMul+BiasAdd that grappler's remapper fuses some
         # 500x slower than the two ops unfused (0.5 s against 0.6 ms, forward and backward of
         # a 500x784x64 layer): the remapper is off for float16 on CPUs (process-wide).
         tf.config.optimizer.set_experimental_options({"remapping": False})
     with strategy.scope():
-        model = MLP(mnist.NUM_PIXELS, config.hidden_sizes, mnist.NUM_CLASSES, seed=config.seed,
-                    compute_dtype=COMPUTE_DTYPES[config.precision])
+        model = MLP(
+            mnist.NUM_PIXELS,
+            config.hidden_sizes,
+            mnist.NUM_CLASSES,
+            seed=config.seed,
+            compute_dtype=COMPUTE_DTYPES[config.precision],
+        )
         optimizer = optimizer or optimizers.create(
-            config.optimizer, learning_rate_schedule(config, steps_per_epoch),
-            jit_compile=config.xla_update, loss_scaling=config.precision == "mixed_float16")
+            config.optimizer,
+            learning_rate_schedule(config, steps_per_epoch),
+            jit_compile=config.xla_update,
+            loss_scaling=config.precision == "mixed_float16",
+        )
         optimizer.build(model.trainable_variables)
         train_metrics = ClassificationMetrics("train_metrics")
         eval_metrics = ClassificationMetrics("eval_metrics")
     return TrainState(
-        model=model, optimizer=optimizer, train_metrics=train_metrics, eval_metrics=eval_metrics,
-        train_loop=compile_loop(strategy, make_train_step(
-            model, optimizer, train_metrics, config.batch_size, config.jit_compile)),
+        model=model,
+        optimizer=optimizer,
+        train_metrics=train_metrics,
+        eval_metrics=eval_metrics,
+        train_loop=compile_loop(
+            strategy,
+            make_train_step(model, optimizer, train_metrics, config.batch_size, config.jit_compile),
+        ),
         eval_loop=compile_loop(strategy, make_eval_step(model, eval_metrics)),
         global_batch_size=config.batch_size,
         # Bookkeeping of the input, not replica state: outside the strategy's scope.
-        skipped_windows=tf.Variable(tf.zeros([0, 2], tf.int64), shape=tf.TensorShape([None, 2]),
-                                    trainable=False, name="skipped_windows"))
+        skipped_windows=tf.Variable(
+            tf.zeros([0, 2], tf.int64),
+            shape=tf.TensorShape([None, 2]),
+            trainable=False,
+            name="skipped_windows",
+        ),
+    )

@@ -15,8 +15,13 @@ def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
-def make_train_step(model: tf.Module, optimizer: Optimizer, metrics: ClassificationMetrics,
-                    global_batch_size: int, jit_compile: bool = False):
+def make_train_step(
+    model: tf.Module,
+    optimizer: Optimizer,
+    metrics: ClassificationMetrics,
+    global_batch_size: int,
+    jit_compile: bool = False,
+):
     """Returns train_step(images, labels): one synchronous update, run on every replica.
 
     With `jit_compile`, XLA compiles the replica's forward and backward pass into one program,
