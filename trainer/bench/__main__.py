@@ -5,11 +5,14 @@
     python -m trainer.bench --sections=throughput,distribution,ceiling,profile   # the quick ones
 
 Each section is a function returning {measure: value}; add one to SECTIONS to extend the table.
-`memory` comes last so that its peak covers every section run before it. While they run, log
-lines on stderr say which section and which round of its measurement is under way; the table
-comes on stdout at the end.
+`memory` comes last so that its peak covers every section run before it. Stdout opens with the
+machine's line (machine.py) and ends with the table; meanwhile log lines on stderr say which
+section and which round of its measurement is under way. The JSON file holds the date, the git
+commit, the machine's record and the measurements: {"date", "git_commit", "machine",
+"measurements": {section: {measure: value}}}.
 """
 
+import datetime
 import json
 import os
 import time
@@ -20,12 +23,14 @@ from trainer.common import terminal  # isort: split
 from absl import app, flags, logging
 
 from trainer.bench import convergence as bench_convergence
+from trainer.bench import machine as bench_machine
 from trainer.bench import precision as bench_precision
 from trainer.bench import step_profile
 from trainer.bench import training as bench_training
 from trainer.common import ctrl_c
 from trainer.common.tables import markdown_table
 from trainer.distribution import strategies
+from trainer.run.files import git_commit
 
 SECTIONS = {
     "convergence": bench_convergence.run,
@@ -42,7 +47,9 @@ SECTIONS = {
 }
 
 flags.DEFINE_list("sections", list(SECTIONS), f"Sections to run, of: {', '.join(SECTIONS)}.")
-flags.DEFINE_string("json", None, "If set, also write the measurements to this new JSON file.")
+flags.DEFINE_string(
+    "json", None, "If set, also write the machine and the measurements to this new JSON file."
+)
 
 FLAGS = flags.FLAGS
 
@@ -66,6 +73,9 @@ def main(argv):
     terminal.refuse_arguments(argv, "trainer.bench")
     # Before any TensorFlow work: the distribution section's replicas are logical CPUs.
     strategies.split_cpu(bench_training.CPU_REPLICAS)
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    machine = bench_machine.describe()
+    print(f"machine: {machine.line()}", flush=True)
     measurements = {}
     with ctrl_c.ends_at_once():  # Even inside a long compiled measurement.
         for index, name in enumerate(FLAGS.sections, 1):
@@ -86,7 +96,16 @@ def main(argv):
     )
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
-            json.dump(measurements, f, indent=2)
+            json.dump(
+                {
+                    "date": started,
+                    "git_commit": git_commit(),
+                    "machine": machine.record(),
+                    "measurements": measurements,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":
