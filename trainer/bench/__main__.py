@@ -40,6 +40,7 @@ SECTIONS = {
     "profile": step_profile.step_time_breakdown,
     "time_to_accuracy": bench_training.time_to_accuracy,
     "precision_throughput": bench_precision.throughput,
+    "precision_bfloat16": bench_precision.bfloat16,
     "precision_ceiling": bench_precision.ceiling,
     "precision_accuracy": bench_precision.accuracy,
     "precision_allreduce": bench_precision.allreduce,

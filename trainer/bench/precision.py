@@ -3,6 +3,9 @@
     precision_throughput  examples/s at global batch 128 and 1024 of our trainer in each
                           precision, with and without --jit_compile, against Keras `fit` in
                           float32 and in mixed_bfloat16 at each KERAS_STEPS_PER_EXECUTION
+    precision_bfloat16    what mixed_bfloat16 gains or costs against float32, ours and Keras's
+                          (at KERAS_SPE_BFLOAT16), at global batch 128 and 1024: quick
+                          enough to run under a stand-in for a CPU without native bfloat16
     precision_ceiling     our FLOP rate at batch 1024 in each precision against a chain of
                           matmuls in that precision's compute dtype (its peak here)
     precision_accuracy    test accuracy, and training seconds to 98.5%, of the default recipe
@@ -43,6 +46,10 @@ from trainer.distribution import strategies
 from trainer.step.state import COMPUTE_DTYPES
 
 KERAS_PRECISIONS = ("float32", "mixed_bfloat16")
+# One steps_per_execution for Keras in precision_bfloat16, which leaves out the search over
+# KERAS_STEPS_PER_EXECUTION to stay short where bfloat16 is slow: Keras's best at both batches
+# in float32 and mixed_bfloat16 on our AVX-512 machine (docs/performance.md).
+KERAS_SPE_BFLOAT16 = 50
 # The goals of issue 11, reported beside the measurements (never tuned for).
 GOAL_BF16_OVER_KERAS_BEST = 1.5
 GOAL_BF16_OVER_KERAS_BF16 = 1.3
@@ -90,6 +97,34 @@ def throughput() -> dict:
         results[f"{first}ours_mixed_bfloat16_over_keras_mixed_bfloat16_best"]
         >= GOAL_BF16_OVER_KERAS_BF16
     )
+    return results
+
+
+def bfloat16() -> dict:
+    """Examples/s of ours and of Keras in float32 and in mixed_bfloat16, and the ratios of
+    mixed_bfloat16 to float32. Where the CPU has no native bfloat16 (AVX2 only), TensorFlow
+    runs bfloat16 matmuls in Eigen, widening to float32 and back, and a ratio below 1 is
+    what the precision costs there."""
+    results = {}
+    for batch_size in BATCH_SIZES:
+        workloads = {}
+        for precision in KERAS_PRECISIONS:
+            workloads[f"ours_{precision}"] = cached_trainer("one_device", 1, batch_size, precision)
+            workloads[f"keras_{precision}"] = KerasTrainer(
+                bench_config(batch_size, precision=precision), KERAS_SPE_BFLOAT16
+            )
+        rates = measure(workloads, label=f"[precision_bfloat16] batch {batch_size}")
+        b = f"b{batch_size}_"
+        results.update({f"{b}{name}_examples_per_s": round(rates.median(name)) for name in rates})
+        for side in ("ours", "keras"):
+            results[f"{b}{side}_mixed_bfloat16_over_float32"] = rates.ratio(
+                f"{side}_mixed_bfloat16", f"{side}_float32"
+            )
+        best_keras = max(("keras_float32", "keras_mixed_bfloat16"), key=rates.median)
+        results[f"{b}ours_mixed_bfloat16_over_keras_faster"] = rates.ratio(
+            "ours_mixed_bfloat16", best_keras
+        )
+        results[f"{b}ours_float32_over_keras_faster"] = rates.ratio("ours_float32", best_keras)
     return results
 
 
