@@ -12,7 +12,7 @@ import re
 from absl import flags, logging
 
 from trainer.common.errors import OneLineError
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, check_batch_split
 from trainer.flags import config_from_flags, define_flags
 
 # {trainer flag: the type of its TrainConfig field}.
@@ -40,16 +40,15 @@ def check_trainer_args(
     (see trainer_config).
 
     With `replicas` (the job's replicas in sync), the global --batch_size must also divide
-    evenly among them, as the trainer requires (trainer/inputs.py).
+    evenly among them, as the trainer requires: said before any replica starts.
     """
     check_trainer_flag_names(args, set_by_launcher)
     config = trainer_config([*launcher_args, *args])
-    if replicas is not None and config.batch_size % replicas:
-        # The trainer's own words (trainer/inputs.py), said before any replica starts.
-        raise LaunchError(
-            f"--batch_size={config.batch_size}: must be divisible by the "
-            f"{replicas} replicas in sync"
-        )
+    if replicas is not None:
+        try:
+            check_batch_split(config.batch_size, replicas)
+        except ConfigError as e:
+            raise LaunchError(str(e)) from None
     return list(args)
 
 

@@ -10,7 +10,7 @@ from trainer.optimizers import (
     GradientDescent,
     Momentum,
     create,
-    learning_rate_schedule,
+    create_schedule,
 )
 
 GRADS = [np.array([0.5, -1.0], np.float32), np.array([-0.25, 2.0], np.float32)]
@@ -145,10 +145,10 @@ def test_a_schedule_sees_the_step_count():
     ],
 )
 def test_both_schedules_warm_up_then_hold_or_decay(name, want):
-    schedule = learning_rate_schedule(name, 0.1, total_steps=110, warmup_steps=10)
+    schedule = create_schedule(name, 0.1, total_steps=110, warmup_steps=10)
     got = [float(schedule(tf.constant(step))) for step in (0, 5, 10, 60, 110)]
     np.testing.assert_allclose(got, want, atol=1e-7)
-    assert learning_rate_schedule("constant", 0.1, total_steps=110) == 0.1  # No warm-up: a number.
+    assert create_schedule("constant", 0.1, total_steps=110) == 0.1  # No warm-up: a number.
 
 
 def test_none_gradients_leave_their_variable_alone():
@@ -191,7 +191,7 @@ def test_the_xla_compiled_rule_takes_the_op_by_op_rule_steps(name):
     rng = np.random.default_rng(1)
     grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(20)]
     start = rng.normal(size=(3, 4)).astype(np.float32)
-    paths = [run_steps(create(name, 0.01, jit_compile=jit), grads, start) for jit in (True, False)]
+    paths = [run_steps(create(name, 0.01, xla_update=xla), grads, start) for xla in (True, False)]
     np.testing.assert_allclose(*paths, rtol=1e-5, atol=1e-6)
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Sequence
 
 from data.mnist import SOURCES
 from trainer.common.errors import OneLineError
@@ -39,32 +40,81 @@ class ConfigError(OneLineError):
     """A setting that cannot work; the message names the flag and what is wrong with it."""
 
 
+def setting(default, help: str, choices: Sequence[str] | None = None):
+    """A TrainConfig field: its default, and the help and allowed values of its flag (the flag
+    of the same name, defined from this by trainer/flags.py)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    logdir: str = "runs"
-    run_name: str = ""  # Empty: derived from the hyperparameters (see run_dir_name).
-    strategy: str = "auto"
-    cpu_replicas: int = 1
-    optimizer: str = "adam"
-    learning_rate: float = 2e-3
-    lr_schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    batch_size: int = 128  # Global: split evenly across replicas.
-    epochs: int = 10
-    hidden_sizes: tuple[int, ...] = (700, 500)
-    seed: int = 0
-    steps_per_loop: int = 100
-    data_source: str = "auto"
-    data_dir: str | None = None
-    max_checkpoints: int = 3
-    checkpoint_every_steps: int = 0  # 0: at epoch ends only.
-    deterministic: bool = False
-    xla_update: bool = True  # False: the optimizer's update runs op by op.
-    precision: str = "float32"  # Or mixed_bfloat16, mixed_float16 (with loss scaling).
-    jit_compile: bool = False  # XLA-compile each replica's forward and backward pass.
-    nonfinite_retries: int = 0  # Restores of the last good checkpoint before giving up.
-    histogram_every_steps: int = 0  # 0: at epoch ends.
-    profile_steps: tuple[int, ...] = ()  # (start, end): profile those steps.
+    logdir: str = setting("runs", "Parent directory of all runs.")
+    run_name: str = setting(
+        "", "Run directory under --logdir; empty derives it from the hyperparameters."
+    )
+    strategy: str = setting(
+        "auto",
+        "auto: MirroredStrategy over every GPU, or over --cpu_replicas CPU devices when more "
+        "than one, else a single device.",
+        STRATEGIES,
+    )
+    cpu_replicas: int = setting(
+        1, "Split the CPU into this many logical devices (machines without GPUs)."
+    )
+    optimizer: str = setting("adam", "Optimizer.", tuple(OPTIMIZERS))
+    learning_rate: float = setting(2e-3, "Peak learning rate.")
+    lr_schedule: str = setting("cosine", "constant, or cosine decay to 0 over the run.", SCHEDULES)
+    warmup_epochs: float = setting(1.0, "Linear warm-up before the cosine decay, in epochs.")
+    batch_size: int = setting(128, "Global batch size, split evenly across replicas.")
+    epochs: int = setting(10, "Passes over the 50,000 training images.")
+    hidden_sizes: tuple[int, ...] = setting((700, 500), "Widths of the hidden layers.")
+    seed: int = setting(0, "Seeds weights and data order.")
+    steps_per_loop: int = setting(
+        100, "Train steps per call of the compiled loop (and per logged point)."
+    )
+    data_source: str = setting(
+        "auto", "auto: TFDS if MNIST is prepared in --data_dir, else the bundled copy.", SOURCES
+    )
+    data_dir: str | None = setting(None, "TFDS data directory (TFDS default if unset).")
+    max_checkpoints: int = setting(3, "Checkpoints kept.")
+    checkpoint_every_steps: int = setting(
+        0, "Also checkpoint every this many steps; 0: at epoch ends only."
+    )
+    deterministic: bool = setting(
+        False,
+        "Turn on TensorFlow op determinism: a rerun, or a killed and resumed run, gives "
+        "bit-for-bit the same weights (slower on GPUs).",
+    )
+    xla_update: bool = setting(
+        True,
+        "Compile each variable's optimizer update with XLA into one fused pass (faster); "
+        "--noxla_update runs it op by op, e.g. where XLA cannot compile for the device.",
+    )
+    precision: str = setting(
+        "float32",
+        "float32; or mixed precision (Keras's policy names): float32 weights and optimizer "
+        "state, forward and backward passes in bfloat16 or float16 (float16 with dynamic loss "
+        "scaling).",
+        PRECISIONS,
+    )
+    jit_compile: bool = setting(
+        False,
+        "Compile each replica's forward and backward pass with XLA, as Keras's jit_compile "
+        "does (pays on GPUs; slower on some CPUs, see docs/performance.md).",
+    )
+    nonfinite_retries: int = setting(
+        0,
+        "On a NaN/inf loss or gradient, restore the last good checkpoint and go on, up to this "
+        "many times; 0: stop with an error.",
+    )
+    histogram_every_steps: int = setting(
+        0, "Histograms of weights and optimizer state every this many steps; 0: at epoch ends."
+    )
+    profile_steps: tuple[int, ...] = setting(
+        (),
+        "START,END: record a profiler trace of these steps (TensorBoard's Profile tab); "
+        "empty: no trace.",
+    )
 
     def validate(self) -> "TrainConfig":
         """Raises ConfigError naming the first bad flag; returns self for chaining."""
@@ -169,6 +219,15 @@ class TrainConfig:
                     f"--{name}={started[name]} ({path}); resume it with the same settings or "
                     "choose another --run_name or --logdir"
                 )
+
+
+def check_batch_split(batch_size: int, replicas: int) -> None:
+    """Raises ConfigError unless the global batch splits evenly among `replicas` in sync; the
+    trainer checks it once its strategy is up, a launcher before it starts any replica."""
+    if batch_size % replicas:
+        raise ConfigError(
+            f"--batch_size={batch_size}: must be divisible by the {replicas} replicas in sync"
+        )
 
 
 def _same_value(a: str, b: str) -> bool:

@@ -218,7 +218,7 @@ class FixedBatchLoop:
         data = _mnist()
         model = MLP(mnist.NUM_PIXELS, config.hidden_sizes, mnist.NUM_CLASSES, seed=config.seed)
         optimizer = optimizers.create(
-            optimizer_name, config.learning_rate, jit_compile=config.xla_update
+            optimizer_name, config.learning_rate, xla_update=config.xla_update
         )
         images = mnist.to_features(data.train.images[: config.batch_size])
         labels = tf.constant(data.train.labels[: config.batch_size])

@@ -19,7 +19,7 @@ notebook, trainer/convergence/notebook.py). Exactness shapes three choices below
   (4 float32 with SSE or NEON, 8 with AVX) takes the scalar path. So a vector holds at most
   _MAX_LANES runs, and more learning rates make more vectors.
 * The optimizers are trainer.optimizers' own, stepped through `apply_gradients`, with their
-  update rule run op by op (jit_compile=False) instead of compiled by XLA as the trainer runs it.
+  update rule run op by op (xla_update=False) instead of compiled by XLA as the trainer runs it.
 """
 
 import contextlib
@@ -152,7 +152,7 @@ class ConvergenceSuite(tf.Module):
             for start in range(0, len(learning_rates), _MAX_LANES):
                 chunk = list(learning_rates[start : start + _MAX_LANES])
                 x = tf.Variable(tf.zeros([len(chunk)]), name=f"x_{name}_{start}")
-                optimizer = create(name, tf.constant(chunk, tf.float32), jit_compile=False)
+                optimizer = create(name, tf.constant(chunk, tf.float32), xla_update=False)
                 optimizer.build([x])
                 self._groups.append((x, optimizer))
                 self.lanes += [(name, lr) for lr in chunk]

@@ -5,20 +5,20 @@ from trainer.optimizers.adam import Adam
 from trainer.optimizers.base import LearningRate, Optimizer
 from trainer.optimizers.gradient_descent import GradientDescent
 from trainer.optimizers.momentum import Momentum
-from trainer.optimizers.schedules import SCHEDULES, learning_rate_schedule
+from trainer.optimizers.schedules import SCHEDULES, create_schedule
 
 # Flag values and JSON keys use these short names.
 OPTIMIZERS = {"gd": GradientDescent, "momentum": Momentum, "adam": Adam}
 
 
 def create(
-    name: str, learning_rate: LearningRate, jit_compile: bool = True, loss_scaling: bool = False
+    name: str, learning_rate: LearningRate, xla_update: bool = True, loss_scaling: bool = False
 ) -> Optimizer:
     """Returns a new optimizer by its short name (see OPTIMIZERS), with default settings."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](
-        learning_rate=learning_rate, jit_compile=jit_compile, loss_scaling=loss_scaling
+        learning_rate=learning_rate, xla_update=xla_update, loss_scaling=loss_scaling
     )
 
 
@@ -31,5 +31,5 @@ __all__ = [
     "Optimizer",
     "SCHEDULES",
     "create",
-    "learning_rate_schedule",
+    "create_schedule",
 ]

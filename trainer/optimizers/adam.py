@@ -33,7 +33,7 @@ class Adam(Optimizer):
         name: str = "adam",
         **kwargs,
     ):
-        super().__init__(learning_rate, name, **kwargs)  # jit_compile, loss_scaling
+        super().__init__(learning_rate, name, **kwargs)  # xla_update, loss_scaling
         for label, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"{name}: {label} must be in [0, 1), got {beta!r}")

@@ -3,7 +3,7 @@
 A subclass states only its state (`slot_names`) and its math (`update_step`). By default each
 variable's `update_step` is compiled by XLA into one fused loop: one pass over the variable,
 its gradient and its slots, where op by op Adam makes 16 (they took about 40% of the trainer's
-step at batch 128). `jit_compile=False` runs it op by op, rounding exactly as eager mode does,
+step at batch 128). `xla_update=False` runs it op by op, rounding exactly as eager mode does,
 which the convergence suite needs. Everything a synchronous multi-replica update needs
 lives here, following the pattern `tf.distribute` documents and Keras uses:
 
@@ -51,7 +51,7 @@ class Optimizer(tf.Module):
         self,
         learning_rate: LearningRate,
         name: str,
-        jit_compile: bool = True,
+        xla_update: bool = True,
         loss_scaling: bool = False,
         growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL,
     ):
@@ -72,7 +72,7 @@ class Optimizer(tf.Module):
         self.slots = []  # slots[i][j]: slot_names[j] of the i-th variable.
         self._slot_index = {}  # variable ref -> i; plain ints, so not checkpointed.
         self._update_rule = (
-            tf.function(self.update_step, jit_compile=True) if jit_compile else self.update_step
+            tf.function(self.update_step, jit_compile=True) if xla_update else self.update_step
         )
 
     @property

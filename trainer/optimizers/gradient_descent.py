@@ -14,7 +14,7 @@ class GradientDescent(Optimizer):
     def __init__(
         self, learning_rate: LearningRate = 1e-3, name: str = "gradient_descent", **kwargs
     ):
-        super().__init__(learning_rate, name, **kwargs)  # jit_compile, loss_scaling
+        super().__init__(learning_rate, name, **kwargs)  # xla_update, loss_scaling
 
     def update_step(self, grad, var, learning_rate, slots, step):
         var.assign_sub(learning_rate * grad)

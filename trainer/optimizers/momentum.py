@@ -21,7 +21,7 @@ class Momentum(Optimizer):
         name: str = "momentum",
         **kwargs,
     ):
-        super().__init__(learning_rate, name, **kwargs)  # jit_compile, loss_scaling
+        super().__init__(learning_rate, name, **kwargs)  # xla_update, loss_scaling
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"{name}: momentum must be in [0, 1), got {momentum!r}")
         self.momentum = momentum

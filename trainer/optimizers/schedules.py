@@ -11,7 +11,7 @@ from trainer.optimizers.base import LearningRate
 SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate_schedule(
+def create_schedule(
     name: str, peak: float, total_steps: int, warmup_steps: int = 0
 ) -> LearningRate:
     """Both start with a linear warm-up from 0 over `warmup_steps`, if any. `constant`: then

@@ -8,7 +8,7 @@ an uninterrupted run sees from there: resuming needs the step and nothing else.
 import tensorflow as tf
 
 from data import mnist
-from trainer.config import ConfigError
+from trainer.config import ConfigError, check_batch_split
 from trainer.loop import exiting
 
 EVAL_SPLITS = ("validation", "test")
@@ -19,10 +19,7 @@ class Inputs:
         self, strategy: tf.distribute.Strategy, data: mnist.Mnist, batch_size: int, seed: int
     ):
         replicas = strategy.num_replicas_in_sync
-        if batch_size % replicas:
-            raise ConfigError(
-                f"--batch_size={batch_size}: must be divisible by the {replicas} replicas in sync"
-            )
+        check_batch_split(batch_size, replicas)
         self.steps_per_epoch = len(data.train) // batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(

@@ -34,7 +34,7 @@ class DivergenceError(OneLineError):
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optimizers.LearningRate:
     """The config's schedule, with its epochs turned into steps."""
-    return optimizers.learning_rate_schedule(
+    return optimizers.create_schedule(
         config.lr_schedule,
         config.learning_rate,
         total_steps=config.epochs * steps_per_epoch,
@@ -153,7 +153,7 @@ def build_train_state(
         optimizer = optimizer or optimizers.create(
             config.optimizer,
             learning_rate_schedule(config, steps_per_epoch),
-            jit_compile=config.xla_update,
+            xla_update=config.xla_update,
             loss_scaling=config.precision == "mixed_float16",
         )
         optimizer.build(model.trainable_variables)
