@@ -1,11 +1,12 @@
 # Two commands from a fresh clone: `make train` and `make test`. Both create .venv first.
+# While editing: `make test-fast` (no process, cluster or server: minutes), `make format`.
 PYTHON_BOOTSTRAP ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 # Extra flags for the trainer, e.g. make train ARGS="--epochs=2 --cpu_replicas=2"
 ARGS ?=
 
-.PHONY: train test bench convergence chaos venv clean-venv slurm
+.PHONY: train test test-fast lint format bench convergence chaos venv clean-venv slurm
 
 venv: $(VENV)/.installed
 
@@ -19,8 +20,23 @@ $(VENV)/.installed: requirements.txt
 train: venv
 	$(PYTHON) -m trainer.train $(ARGS)
 
-test: venv slurm
+# The whole suite, as CI runs it, after the linter.
+test: venv slurm lint
 	$(PYTHON) -m pytest -q tests
+
+# The tests not marked slow, for the edit-test loop: they start no process, cluster or server
+# (tests/conftest.py fails one that does without the mark) and train for seconds at most.
+test-fast: venv
+	$(PYTHON) -m pytest -q -m "not slow" tests
+
+# ruff's settings are in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # tests/test_slurm.py runs a real one-node Slurm cluster: Debian's slurm-wlm and munge, installed
 # here when missing (CI runs as root on a fresh machine; elsewhere through sudo).

@@ -11,6 +11,8 @@ from trainer.bench.training import OurTrainer
 from trainer.config import TrainConfig
 from trainer.distribution import strategies
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 
 @pytest.fixture(scope="module")
 def trainer():

@@ -11,6 +11,8 @@ from trainer.bench import training as bench_training
 from trainer.config import TrainConfig
 from trainer.distribution import strategies
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # 50 steps an epoch of a small model.
 SMALL = TrainConfig(hidden_sizes=(16,), batch_size=1000)
 

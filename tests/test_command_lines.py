@@ -9,6 +9,8 @@ import pytest
 from tests.toolkit import environment, finish, start_module
 from trainer.convergence.suite import SETTINGS_FILE, SuiteSettings
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 
 @dataclasses.dataclass(frozen=True)
 class BadInput:

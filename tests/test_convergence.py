@@ -21,6 +21,8 @@ from trainer.convergence.suite import (
     run_and_report,
 )
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 OPTIMIZERS = ("gd", "momentum", "adam")
 
 # The notebook's published table: (outcome, iteration) per (optimizer, learning rate).

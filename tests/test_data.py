@@ -79,6 +79,7 @@ def prepared_tfds(monkeypatch):
         yield
 
 
+@pytest.mark.slow
 def test_tfds_source_reads_through_tfds_load(prepared_tfds):
     data = mnist.load("tfds")
     assert data.source == "tfds"
@@ -86,12 +87,14 @@ def test_tfds_source_reads_through_tfds_load(prepared_tfds):
     assert data.train.images.shape[1:] == (28, 28) and data.train.labels.dtype == np.int32
 
 
+@pytest.mark.slow
 def test_the_fingerprint_tells_the_sources_apart_and_not_two_loads(bundled, prepared_tfds):
     assert len(bundled.fingerprint) == 16
     assert mnist.load("bundled").fingerprint == bundled.fingerprint
     assert mnist.load("tfds").fingerprint != bundled.fingerprint
 
 
+@pytest.mark.slow
 def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, bundled, prepared_tfds):
     strategy = strategies.create_strategy("auto", 1)
     files.write_data(str(tmp_path), training_data.record(bundled))
@@ -109,6 +112,7 @@ def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, bundled, prepare
         training_data.load(TrainConfig(data_source="tfds"), strategy, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_tfds_without_network_fails_in_one_line_and_leaves_nothing(tmp_path):
     # A proxy that refuses every connection: offline for TFDS and for us, on any machine.
     [closed_port] = free_ports(1)

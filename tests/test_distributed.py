@@ -82,6 +82,7 @@ def test_the_copy_check_catches_updates_from_replica_context(train_split):
     assert not np.array_equal(first, second)
 
 
+@pytest.mark.slow
 def test_one_and_two_replicas_take_the_same_steps(train_split):
     one, _, _ = run(strategies.create_strategy("one_device"), "adam", train_split, steps=10)
     two, _, _ = run(

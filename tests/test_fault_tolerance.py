@@ -35,6 +35,8 @@ from trainer.run.checkpoints import CheckpointError, RunCheckpoints
 from trainer.run.files import RESULT_FILE
 from trainer.step.state import DivergenceError, build_train_state
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # Deterministic, on 2 logical CPU replicas, checkpointing often: 400 steps of a small model.
 CONFIG = TrainConfig(
     strategy="mirrored",

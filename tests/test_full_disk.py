@@ -28,6 +28,8 @@ from trainer.run import disk
 from trainer.run.export import export
 from trainer.run.files import RESULT_FILE
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # 100 steps an epoch on one device.
 TINY = TrainConfig(
     hidden_sizes=(32,), batch_size=500, epochs=2, data_source="bundled", run_name="run"

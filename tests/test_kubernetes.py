@@ -163,6 +163,7 @@ def test_an_indexed_job_of_workers_that_find_each_other_by_dns():
     assert headless["spec"]["publishNotReadyAddresses"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(4))
 def test_each_indexed_pod_runs_the_trainer_with_its_own_tf_config(index):
     """The container's command, run by sh as Kubernetes would, with the pod's environment; the
@@ -321,6 +322,7 @@ def test_bad_input_is_refused_naming_the_flag(change, problem, engine):
     assert problem in str(error.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine, kind", [("tfjob", "TFJob"), ("indexed-job", "Job")])
 def test_the_command_line_prints_the_manifests_as_yaml(engine, kind):
     # Its bad input is in test_command_lines.py.

@@ -27,6 +27,8 @@ from trainer.config import TrainConfig
 from trainer.recipe import CHECKPOINT_DIR
 from trainer.run.files import RESULT_FILE
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 BAD_TRAINER_ARGS = [
     (["--epoch=2"], "trainer argument --epoch=2: --epoch is not a trainer flag"),
     (

@@ -23,6 +23,8 @@ from tests.toolkit import (
 )
 from trainer.config import TrainConfig
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # Deterministic: 200 steps of a small model on 2 workers, a checkpoint every 50.
 CONFIG = TrainConfig(
     hidden_sizes=(64,),

@@ -8,11 +8,15 @@ import json
 import re
 import signal
 
+import pytest
+
 from launch.ports import free_ports
 from tests.toolkit import Pause, command_line, environment, start_module
 from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 from trainer.config import TrainConfig
 from trainer.run.files import RESULT_FILE
+
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
 # 500 steps, a checkpoint every 50: worker 1 is killed after the first.
 CONFIG = TrainConfig(

@@ -31,6 +31,8 @@ from trainer.distribution import strategies
 from trainer.optimizers.base import INITIAL_LOSS_SCALE
 from trainer.recipe import train_and_evaluate
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # As tests/test_train.py's TINY: 100 steps an epoch on two logical CPU replicas.
 TINY = TrainConfig(
     strategy="mirrored",

@@ -32,6 +32,8 @@ from trainer.config import TrainConfig
 from trainer.recipe import CHECKPOINT_DIR, train_and_evaluate
 from trainer.run.files import RESULT_FILE
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # 200 steps of a small model, as one job of 2 workers or one process on 2 replicas.
 CONFIG = TrainConfig(
     hidden_sizes=(64,),

@@ -12,6 +12,8 @@ import pytest
 
 from tests.toolkit import finish, start_module
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # Run inside: it connects to a server of its own on 127.0.0.1 (the loopback is up), says what
 # it sees, and keeps the server open until the test has tried it from outside.
 INSIDE = """

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 import tensorflow as tf
 
 from tests.toolkit import (
@@ -29,6 +30,8 @@ from tests.toolkit import (
 from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 from trainer.config import TrainConfig
 from trainer.recipe import CHECKPOINT_DIR
+
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
 # 100 steps an epoch, 10 a compiled call; a checkpoint every 70 steps gives one at step 1190,
 # ten steps before an epoch ends.

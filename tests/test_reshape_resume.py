@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 
+import pytest
 import tensorflow as tf
 
 from data import mnist
@@ -29,6 +30,8 @@ from trainer.config import TrainConfig
 from trainer.distribution import strategies
 from trainer.recipe import train_and_evaluate
 from trainer.step.inputs import Inputs
+
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
 # 100 steps an epoch, 3 epochs; checkpoints every 50 steps, where the shape changes.
 CONFIG = TrainConfig(

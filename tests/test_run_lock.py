@@ -11,10 +11,14 @@ import signal
 import socket
 import subprocess
 
+import pytest
+
 from launch import local
 from tests.toolkit import Pause, command_line, environment, finish, start_module
 from trainer.config import TrainConfig
 from trainer.run import lock
+
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
 CONFIG = TrainConfig(
     hidden_sizes=(32,),

@@ -21,6 +21,8 @@ from trainer.distribution import strategies
 from trainer.recipe import CHECKPOINT_DIR, EXPORT_DIR
 from trainer.run.files import RESULT_FILE
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # 200 steps of a small model on 2 workers, as in test_multi_worker.
 CONFIG = TrainConfig(
     hidden_sizes=(64,),

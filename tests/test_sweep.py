@@ -27,6 +27,8 @@ from tests.toolkit import Pause, command_line, environment, finish, start_module
 from trainer.config import TrainConfig
 from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # 50 steps of a small model: a few seconds a run, most of it TensorFlow's start-up.
 TINY_CONFIG = TrainConfig(
     hidden_sizes=(32,),

@@ -15,6 +15,8 @@ from trainer.config import TrainConfig
 from trainer.convergence.suite import SuiteSettings, run_and_report
 from trainer.recipe import train_and_evaluate
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 TRAIN = TrainConfig(
     strategy="mirrored",
     cpu_replicas=2,

@@ -15,6 +15,8 @@ from tests.toolkit import REPO, environment, finish, start_module
 from trainer.bench import training as bench_training
 from trainer.common import terminal
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 TINY_RUN = [
     "--hidden_sizes=16",
     "--batch_size=1000",

@@ -24,6 +24,8 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.recipe import CHECKPOINT_DIR, train_and_evaluate
 from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
+pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
+
 # 100 steps an epoch on two logical CPU replicas: seconds, yet real training.
 TINY = TrainConfig(
     strategy="mirrored",
