@@ -35,6 +35,7 @@ from launch.ports import free_ports
 
 # The trainer's exit code once preempted or when a peer of its job was lost: the job can go on
 # from its checkpoints.
+from trainer.common import child_processes
 from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 
 # What a launcher and its job take as a request to stop; SIGHUP: the launcher is gone.
@@ -215,7 +216,7 @@ def run_workers(
             if failed is not None and not stop.requested:
                 restarts_left -= restart
                 output.write(_failure_line(*failed, restart, restarts_left, max_restarts))
-            _stop(
+            child_processes.stop(
                 [process for process, _ in workers],
                 min(stop.deadline, time.monotonic() + grace_seconds),
             )
@@ -294,19 +295,6 @@ def _watch(workers, stop: StopRequests, output: Output) -> tuple[int, int] | Non
             return failed
         time.sleep(0.2)
     return None
-
-
-def _stop(processes: list[subprocess.Popen], deadline: float) -> None:
-    """SIGTERM first (a worker checkpoints and exits), SIGKILL for what is left at `deadline`."""
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def command(

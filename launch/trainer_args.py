@@ -17,8 +17,8 @@ from trainer.flags import config_from_flags, define_flags
 
 # {trainer flag: the type of its TrainConfig field}.
 TRAINER_FLAGS = {field.name: field.type for field in dataclasses.fields(TrainConfig)}
-# absl's flag for how much a trainer's terminal shows (trainer/terminal.py): it changes nothing
-# a run computes or writes, so a launcher passes it through too.
+# absl's flag for how much a trainer's terminal shows (trainer/common/terminal.py): it changes
+# nothing a run computes or writes, so a launcher passes it through too.
 TERMINAL_FLAGS = ("verbosity",)
 # What the cluster launchers (local, Slurm, Kubernetes) give every trainer they start.
 MULTI_WORKER_FLAG = "--strategy=multi_worker"

@@ -20,6 +20,7 @@ import subprocess
 import time
 
 from launch.ports import free_ports
+from trainer.common import child_processes
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue", "scancel")
 NODE = "localhost"
@@ -158,14 +159,8 @@ class SlurmCluster:
                 self._cancel_jobs()
             except (subprocess.SubprocessError, TimeoutError) as e:
                 print(f"slurm_cluster: jobs left running: {e}")
-        for process in reversed(self._processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        for process in reversed(self._processes):  # One by one: each may need the next.
+            child_processes.stop([process], time.monotonic() + 30)
         self._processes.clear()
 
     def _start(self, program: str, *args) -> None:

@@ -22,7 +22,7 @@ from launch.kubernetes_lib import (
     to_yaml,
 )
 from launch.trainer_args import LaunchError
-from tests.toolkit import REPO, environment, run_module
+from tests.toolkit import REPOSITORY, environment, run_module
 
 JOB = TrainingJob(
     image="registry.example.com/mlp:1",
@@ -185,7 +185,7 @@ def test_each_indexed_pod_runs_the_trainer_with_its_own_tf_config(index):
     done = subprocess.run(
         container["command"] + show_tf_config,
         env=env,
-        cwd=REPO,
+        cwd=REPOSITORY,
         capture_output=True,
         text=True,
         check=True,

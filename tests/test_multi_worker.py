@@ -18,7 +18,7 @@ import tensorflow as tf
 from launch import local
 from launch.ports import free_ports
 from tests.toolkit import (
-    REPO,
+    REPOSITORY,
     Pause,
     assert_same_tensors,
     checkpoint_path,
@@ -277,7 +277,7 @@ def test_workers_holding_different_data_stop_naming_the_odd_one(tmp_path):
         ),
         subprocess.Popen(
             [sys.executable, "-c", _ON_MOCK_TFDS, *args],
-            cwd=REPO,
+            cwd=REPOSITORY,
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,11 +1,11 @@
 """The trainer's process ends within seconds of its last line, preempted or finished.
 
-Schedulers kill 30 s after SIGTERM and restart a job only once it has exited; the trainer used
-to linger up to a minute after its last line (trainer/exiting.py). One run is stopped twice
-and resumed: SIGTERM as an epoch starts, SIGTERM just before an epoch ends (after ten epochs
-in that process: the longer a train iterator ran, the longer its deletion used to take), then a
-normal end. Each SIGTERM is sent while the trainer is held at a known step (tests/toolkit.py,
-Pause), so the step it stops at is known whatever the machine's speed.
+Schedulers kill 30 s after SIGTERM and restart a job only once it has exited; TensorFlow's
+teardown alone can take up to a minute (trainer/loop/exiting.py skips it). One run is stopped
+twice and resumed: SIGTERM as an epoch starts, SIGTERM just before an epoch ends (after ten
+epochs in that process: the longer a train iterator runs, the longer its deletion takes, unless
+skipped), then a normal end. Each SIGTERM is sent while the trainer is held at a known step
+(tests/toolkit.py, Pause), so the step it stops at is known whatever the machine's speed.
 """
 
 import dataclasses

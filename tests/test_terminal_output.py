@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.toolkit import REPO, environment, finish, start_module
+from tests.toolkit import REPOSITORY, environment, finish, start_module
 from trainer.bench import training as bench_training
 from trainer.common import terminal
 
@@ -42,7 +42,7 @@ LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ ([^:\]]+):\d+\] ")
 OUR_FILES = {
     path.name
     for package in ("data", "launch", "models", "trainer")
-    for path in (REPO / package).rglob("*.py")
+    for path in (REPOSITORY / package).rglob("*.py")
 }
 
 
@@ -122,7 +122,8 @@ def test_the_convergence_suite_prints_its_table_alone(outputs):
         r"TensorBoard: (\S+) --logdir (\S+)", stdout.splitlines()[-1]
     ).groups()
     assert logdir.endswith("/suite") and os.path.samefile(
-        os.path.join(REPO, program), os.path.join(os.path.dirname(sys.executable), "tensorboard")
+        os.path.join(REPOSITORY, program),
+        os.path.join(os.path.dirname(sys.executable), "tensorboard"),
     )
 
 
@@ -199,7 +200,7 @@ def test_a_ctrl_c_nothing_caught_is_one_line_not_a_traceback():
     # As while an entry point loads TensorFlow, before it has anything to stop.
     done = subprocess.run(
         [sys.executable, "-c", "import trainer.common.terminal\nraise KeyboardInterrupt"],
-        cwd=REPO,
+        cwd=REPOSITORY,
         env=environment(),
         capture_output=True,
         text=True,

@@ -18,11 +18,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from trainer.common.paths import REPOSITORY
 from trainer.config import TrainConfig
 from trainer.recipe import CHECKPOINT_DIR
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
 
 # Our programs as subprocesses.
 
@@ -30,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def environment(**overrides: str) -> dict[str, str]:
     """The environment of a program started by a test: ours, TensorFlow's C++ logging quiet,
     and the repository importable from any working directory."""
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO), **overrides)
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPOSITORY), **overrides)
 
 
 def start_module(
@@ -40,7 +38,7 @@ def start_module(
     pipes; `popen_options` (cwd, env, stdout, stderr, ...) replace those defaults. `wrapper`
     is a command that runs it (`unshare --user`, `setpriv ...`)."""
     options = dict(
-        cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cwd=REPOSITORY, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     return subprocess.Popen(
         [*wrapper, sys.executable, "-m", module, *map(str, args)], **{**options, **popen_options}
@@ -86,7 +84,9 @@ class Pause:
     def env(self) -> dict[str, str]:
         """What to add to the environment of the trainer, or of the launcher that starts it."""
         return {
-            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "pause_hook"), str(REPO)]),
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPOSITORY / "tests" / "pause_hook"), str(REPOSITORY)]
+            ),
             "TRAINER_TEST_PAUSE": json.dumps(
                 {"directory": str(self.directory), "step": self.step, "task": self.task}
             ),

@@ -28,6 +28,7 @@ from trainer.common import terminal  # isort: split
 from absl import app, flags, logging
 
 from launch.ports import free_ports
+from trainer.common import child_processes
 
 flags.DEFINE_string(
     "logdir",
@@ -136,12 +137,7 @@ def tensorboard(logdir: str, log_path: str, timeout: float = 120.0):
             raise RuntimeError(f"TensorBoard found no runs under {logdir}")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        child_processes.stop([process], time.monotonic() + 30)
 
 
 def _get_json(url: str):

@@ -1,9 +1,9 @@
 """`train_and_evaluate(config)`: the whole training run, read top to bottom like a recipe.
 
 Sections: devices and strategy, input pipeline, run directory, train state, checkpoint (resume
-on start), train loop, final test score and export. The step lives in steps.py, the state in
-train_state.py, the loop's cadence in controller.py and what it does between runs in
-actions.py; this file only puts them together.
+on start), train loop, final test score and export. The step lives in step/steps.py, the
+state in step/state.py, the loop's cadence in loop/controller.py and what it does between
+runs in loop/actions.py; this file only puts them together.
 """
 
 import contextlib

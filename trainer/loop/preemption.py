@@ -85,9 +85,10 @@ def held_stop_signals():
     meant before.
 
     Entered once the strategy exists: MultiWorkerMirroredStrategy's runtime sets a SIGTERM
-    handler of its own in C++ (TensorFlow's preemption notifier), which took such a signal and
-    told nothing of ours, so the job trained on as if never signalled. (Before the strategy,
-    SIGTERM still ends the process at once, and Ctrl-C is one line: nothing has been done yet.)
+    handler of its own in C++ (TensorFlow's preemption notifier), which takes such a signal
+    without calling ours, so a handler set before it would never run and the job would train
+    on as if never signalled. (Before the strategy, SIGTERM ends the process at once, and
+    Ctrl-C is one line: nothing has been done yet.)
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # Only the main thread may set handlers; elsewhere signals keep their meaning.

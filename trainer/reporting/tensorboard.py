@@ -9,9 +9,9 @@ ResourceExhaustedError (at a write, a flush or a close); a large event (the grap
 goes past the buffer and fails in silence (TensorFlow's EventsWriter drops that write's
 error), leaving part of an event at the file's end, which `summary_iterator` refuses. So each
 call checks that the file ends on a whole event; if not, or on the error, the file is cut back
-to the end of the last whole call and closed, and DiskFullError raised (trainer/disk.py).
+to the end of the last whole call and closed, and DiskFullError raised (trainer/run/disk.py).
 Nothing is left to flush then, nor after a call that succeeded, so closing every writer as the
-process leaves (trainer/exiting.py) writes nothing.
+process leaves (trainer/loop/exiting.py) writes nothing.
 """
 
 import contextlib
@@ -53,7 +53,7 @@ class MetricsWriter:
     """Writes tf.summary events under one run directory."""
 
     # Every writer not closed yet, for close_all() when the process leaves without Python's
-    # teardown (trainer/exiting.py), e.g. on an error that left a run's writer open.
+    # teardown (trainer/loop/exiting.py), e.g. on an error that left a run's writer open.
     _open = weakref.WeakSet()
 
     def __init__(self, logdir: str, is_chief: bool = True):

@@ -2,12 +2,12 @@
 
 flags.txt    the run's flags as an absl flagfile, headed by the git commit it ran at:
              `python -m trainer.train --flagfile=<run>/flags.txt` reruns it.
-data.json    the data the run started on: its source and fingerprint (trainer/run_data.py).
+data.json    the data the run started on: its source and fingerprint (trainer/run/training_data.py).
 result.json  written last, when the run has finished: its final scores. Sweeps read it to skip
              finished runs and to compare them.
 
 Each is written whole or not at all: into `<name>.tmp`, renamed into place once complete, and
-removed if the disk fills first (trainer/disk.py).
+removed if the disk fills first (trainer/run/disk.py).
 """
 
 import dataclasses

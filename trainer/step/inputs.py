@@ -40,7 +40,7 @@ class Inputs:
     def train_batches(self, step: int = 0):
         """An iterator over the distributed training batches from global step `step` on.
 
-        Deleting it can take a minute (trainer/exiting.py): in a process that ends with
+        Deleting it can take a minute (trainer/loop/exiting.py): in a process that ends with
         exiting.leave, it is never deleted.
         """
         epoch, done = divmod(step, self.steps_per_epoch)
