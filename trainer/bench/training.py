@@ -22,7 +22,8 @@ Steady state: every workload first runs once untimed (tracing, first allocations
 ROUNDS timed runs (a run is one training epoch, or about a second of matmuls). Workloads that
 are compared take turns run by run, so a burst of load from elsewhere on the machine hits
 both sides; a rate is the median of its runs, a ratio the median of the rounds' ratios. The
-logical CPU devices must exist before TensorFlow starts: bench.py splits the CPU first.
+logical CPU devices must exist before TensorFlow starts: `python -m trainer.bench`
+(__main__.py) splits the CPU first.
 """
 
 import dataclasses
