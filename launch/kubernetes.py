@@ -20,7 +20,8 @@ from absl import app, flags
 
 # Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
 # terminal shows of it.
-import trainer.common.terminal  # noqa: F401  # isort: split
+from trainer.common import terminal  # isort: split
+
 from launch.kubernetes_lib import ENGINES, TrainingJob, manifests, to_yaml
 from launch.trainer_args import LaunchError
 
@@ -76,7 +77,7 @@ def main(argv):
     try:
         documents = manifests(job)
     except LaunchError as e:
-        sys.exit(f"launch.kubernetes: error: {e}")
+        terminal.exit_with_error(e)
     sys.stdout.write(to_yaml(documents))
 
 

@@ -143,7 +143,7 @@ def main(argv):
         )
     except LaunchError as e:
         # One line naming the flag; no worker started.
-        sys.exit(f"launch.local: error: {e}")
+        terminal.exit_with_error(e)
     sys.exit(code)
 
 

@@ -16,9 +16,7 @@ import sys
 
 # Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
 # terminal shows of it.
-import trainer.common.terminal  # noqa: F401
-
-# isort: split
+from trainer.common import terminal  # isort: split
 
 from absl import app, flags
 
@@ -91,9 +89,9 @@ def main(argv):
         if FLAGS.submit:
             print(submit(script))
     except LaunchError as e:
-        sys.exit(f"launch.slurm: error: {e}")
+        terminal.exit_with_error(e)
     except OSError as e:
-        sys.exit(f"launch.slurm: error: --script={FLAGS.script}: {e.strerror}")
+        terminal.exit_with_error(f"--script={FLAGS.script}: {e.strerror}")
 
 
 if __name__ == "__main__":

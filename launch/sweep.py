@@ -19,7 +19,8 @@ import sys
 from absl import app, flags
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-import trainer.common.terminal  # noqa: F401  # isort: split
+from trainer.common import terminal  # isort: split
+
 from launch.sweep_lib import exit_code, format_table, plan_sweep, run_sweep
 from launch.trainer_args import LaunchError
 
@@ -43,7 +44,7 @@ def main(argv):
         sweep = plan_sweep(FLAGS.grid, FLAGS.sweep_dir, FLAGS.base_flagfile, argv[1:])
     except LaunchError as e:
         # One line naming the flag; nothing written.
-        sys.exit(f"launch.sweep: error: {e}")
+        terminal.exit_with_error(e)
     reports = run_sweep(sweep, FLAGS.parallel)
     print(format_table(sweep, reports))
     sys.exit(exit_code(reports))

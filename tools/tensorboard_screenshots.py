@@ -208,7 +208,7 @@ def _tail(path: str, chars: int = 2000) -> str:
 
 
 def main(argv):
-    terminal.refuse_arguments(argv, "tools.tensorboard_screenshots")
+    terminal.refuse_arguments(argv)
     logging.set_verbosity(logging.WARNING)  # The trainer's progress lines are enough.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Read when TensorFlow loads, if it does.
     chromium = shutil.which(FLAGS.chromium)
@@ -218,7 +218,7 @@ def main(argv):
             "install Debian's chromium: apt-get install chromium"
         )
     if FLAGS.logdir is not None and os.path.isfile(FLAGS.logdir):
-        sys.exit(f"tools.tensorboard_screenshots: error: --logdir={FLAGS.logdir} is a file")
+        terminal.exit_with_error(f"--logdir={FLAGS.logdir} is a file")
     with tempfile.TemporaryDirectory(prefix="screenshots-") as scratch_dir:
         logdir = FLAGS.logdir or os.path.join(scratch_dir, "logdir")
         try:
@@ -227,7 +227,7 @@ def main(argv):
                 write_demo_runs(logdir)
             paths = capture(logdir, FLAGS.out_dir, chromium, scratch_dir)
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-            sys.exit(f"tools.tensorboard_screenshots: error: {e}")
+            terminal.exit_with_error(e)
     for path in paths:
         print(f"{path} ({os.path.getsize(path) // 1024} KB)")
 

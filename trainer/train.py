@@ -31,12 +31,12 @@ flags.adopt_module_key_flags(trainer_flags)
 
 
 def main(argv):
-    terminal.refuse_arguments(argv, "trainer.train")
+    terminal.refuse_arguments(argv)
     try:
         result = train_and_evaluate(trainer_flags.config_from_flags(FLAGS).validate())
     except (OneLineError, DataError) as e:  # data/ stands alone, below the trainer.
         # One line naming the flag, file or step; non-zero exit; nothing written over.
-        sys.exit(f"trainer.train: error: {e}")
+        terminal.exit_with_error(e)
     except RunFinished as e:
         print(f"trainer.train: {e}")  # Not an error: the run is there, finished.
         return

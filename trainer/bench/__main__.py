@@ -71,7 +71,7 @@ def _format(value) -> str:
 
 
 def main(argv):
-    terminal.refuse_arguments(argv, "trainer.bench")
+    terminal.refuse_arguments(argv)
     # Before any TensorFlow work: the distribution section's replicas are logical CPUs.
     strategies.split_cpu(bench_training.CPU_REPLICAS)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import tempfile
+from typing import NoReturn
 
 from absl import flags
 from absl import logging as absl_logging
@@ -53,12 +54,18 @@ _CPP_RECORD = re.compile(
 _CPP_PREINIT_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
 
 
-def refuse_arguments(argv: list[str], program: str) -> None:
+def exit_with_error(message: object) -> NoReturn:
+    """Ends the program with exit code 1 and one line, `<program>: error: <message>`, the way
+    every entry point reports what the user can fix."""
+    sys.exit(f"{program_name()}: error: {message}")
+
+
+def refuse_arguments(argv: list[str]) -> None:
     """Exits with one line if the command line holds arguments that are not flags (absl's
     UsageError would print the whole help before the error)."""
     if len(argv) > 1:
-        sys.exit(
-            f"{program}: error: unexpected argument {argv[1]!r}: settings are flags, "
+        exit_with_error(
+            f"unexpected argument {argv[1]!r}: settings are flags, "
             "e.g. --epochs=2 (--helpshort lists them)"
         )
 

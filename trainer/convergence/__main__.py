@@ -21,7 +21,6 @@ pictures; a logdir that holds other settings is refused, as is an existing --jso
 import json
 import math
 import os
-import sys
 
 # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
 from trainer.common import terminal  # isort: split
@@ -104,7 +103,7 @@ flags.register_validator(
 
 
 def main(argv):
-    terminal.refuse_arguments(argv, "trainer.convergence")
+    terminal.refuse_arguments(argv)
     settings = SuiteSettings(
         optimizers=tuple(FLAGS.optimizers),
         learning_rates=tuple(FLAGS.learning_rates),
@@ -116,7 +115,7 @@ def main(argv):
             results = run_and_report(settings, FLAGS.logdir)
     except LogdirError as e:
         # A logdir holding other settings: one line naming the flag, nothing written over.
-        sys.exit(f"trainer.convergence: error: {e}")
+        terminal.exit_with_error(e)
     print(format_table(results))
     print(f"TensorBoard: {terminal.tensorboard_command(FLAGS.logdir)}")
     if FLAGS.json:
