@@ -2,7 +2,7 @@
 
     python -m tools.tensorboard_screenshots                  # trains a short run first (about 30 s)
     python -m tools.tensorboard_screenshots --logdir=runs    # shows the runs already there
-    python -m tools.tensorboard_screenshots --out_dir=docs/screenshots  # the README's pictures
+    python -m tools.tensorboard_screenshots --out_dir=docs/screenshots  # the docs' pictures
 
 Without --logdir (or with one that holds no runs yet) it writes a 3-epoch training run `mlp`
 and the convergence suite `convergence/...`, starts the real TensorBoard on a free 127.0.0.1
@@ -39,7 +39,7 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "out_dir",
     os.path.join("runs", "screenshots"),
-    "Where the PNG files go; the README's pictures are in docs/screenshots, "
+    "Where the PNG files go; the pictures in docs/tensorboard.md are in docs/screenshots, "
     "replaced only when named here.",
 )
 flags.DEFINE_string("chromium", "chromium", "The Chromium binary (a path or a name on PATH).")

@@ -87,7 +87,7 @@ def read_tf_config() -> dict:
         raise StrategyError(
             "TF_CONFIG is not set, nor is this a Slurm job step; "
             "--strategy=multi_worker needs one of them to find the other "
-            "workers (see README, 'Several machines' and 'Slurm')"
+            "workers (see docs/clusters.md)"
         )
     try:
         tf_config = json.loads(raw)

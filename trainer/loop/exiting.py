@@ -1,14 +1,14 @@
 """How the trainer's process ends: as soon as what it wrote is on disk.
 
-Once a run has finished, stopped on SIGTERM or failed, nothing is left to compute, yet the
-trainer took up to a minute from its last line to its exit (README, "When a job dies"), while
-Kubernetes and Slurm kill a job 30 s after SIGTERM. The time went into deleting the training
-batches' iterator as the run's objects were released. Under MirroredStrategy each device's
-iterator has a thread autotuning its tf.data pipeline, which sleeps between optimizations for
-twice as long each time, up to 60 s, and deleting the iterator waits for that thread: it
-sometimes sleeps its period out instead of waking (a train iterator used for 50 s took 92 s to
-delete). Those per-device pipelines are made by tf.distribute, out of reach of our tf.data
-options.
+Once a run has finished, stopped on SIGTERM or failed, nothing is left to compute, yet
+TensorFlow's teardown can take up to a minute from the trainer's last line to its exit
+(docs/fault-tolerance.md, "Exiting"), while Kubernetes and Slurm kill a job 30 s after SIGTERM.
+The time goes into deleting the training batches' iterator as the run's objects are
+released. Under MirroredStrategy each device's iterator has a thread autotuning its tf.data
+pipeline, which sleeps between optimizations for twice as long each time, up to 60 s, and
+deleting the iterator waits for that thread: it sometimes sleeps its period out instead of
+waking (a train iterator used for 50 s can take 92 s to delete). Those per-device pipelines
+are made by tf.distribute, out of reach of our tf.data options.
 
 So the entry point runs `main` through `exit_promptly`: the train iterators are kept
 (`keep_until_exit`) rather than deleted, what the run wrote is flushed and closed (summaries,
