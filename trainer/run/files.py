@@ -23,8 +23,14 @@ DATA_FILE = "data.json"
 RESULT_FILE = "result.json"
 
 
+# Where the commit is found without a repository: the image sets it from its build argument
+# (Dockerfile), since the image holds the code but not .git.
+GIT_COMMIT_VARIABLE = "TRAINER_GIT_COMMIT"
+
+
 def git_commit() -> str:
-    """HEAD of the code's repository, marked `-dirty` with uncommitted changes, or `unknown`."""
+    """HEAD of the code's repository, marked `-dirty` with uncommitted changes; without one (in
+    the image), $TRAINER_GIT_COMMIT; else `unknown`."""
 
     def git(*args):
         return subprocess.run(
@@ -35,7 +41,7 @@ def git_commit() -> str:
         commit = git("rev-parse", "HEAD")
         return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get(GIT_COMMIT_VARIABLE) or "unknown"
 
 
 def write_flags(run_dir: str, flagfile: str) -> str:
