@@ -6,7 +6,8 @@ PYTHON := $(VENV)/bin/python
 # Extra flags for the trainer, e.g. make train ARGS="--epochs=2 --cpu_replicas=2"
 ARGS ?=
 
-.PHONY: train test test-fast lint format bench convergence chaos venv clean-venv slurm
+.PHONY: train test test-fast lint format bench convergence chaos venv clean-venv slurm image \
+	image-tools
 
 venv: $(VENV)/.installed
 
@@ -21,7 +22,7 @@ train: venv
 	$(PYTHON) -m trainer.train $(ARGS)
 
 # The whole suite, as CI runs it, after the linter.
-test: venv slurm lint
+test: venv slurm image-tools lint
 	$(PYTHON) -m pytest -q tests
 
 # The tests not marked slow, for the edit-test loop: they start no process, cluster or server
@@ -48,6 +49,49 @@ slurm:
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge; \
 	fi
+
+# tests/test_image.py builds the Dockerfile with podman on a Debian base made by debootstrap and
+# runs the image with buildah: installed here when missing, as for Slurm.
+IMAGE_TEST_PROGRAMS := podman buildah debootstrap
+image-tools:
+	@for p in $(IMAGE_TEST_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(IMAGE_TEST_PROGRAMS); \
+	fi
+
+# The image launch.kubernetes's manifests run (Dockerfile, docs/clusters.md#kubernetes), built by
+# docker when its daemon answers, else by podman: make image IMAGE=registry.example.com/mlp:v1
+IMAGE ?= mnist-mlp:latest
+# Build arguments; empty leaves the Dockerfile's: BASE=python:3.11-slim, no TENSORFLOW_EXTRA
+# (and-cuda: a GPU image).
+BASE ?=
+TENSORFLOW_EXTRA ?=
+# Behind a TLS-inspecting proxy: the CA pip must trust (CA_CERT=/etc/ssl/certs/ca-certificates.crt),
+# given to the build as a secret, so that it is in no layer of the image.
+CA_CERT ?=
+# The tool, instead of the one found; more flags for its build (IMAGE_BUILD_FLAGS=--pull).
+CONTAINER_TOOL ?=
+IMAGE_BUILD_FLAGS ?=
+comma := ,
+image:
+	@tool="$(CONTAINER_TOOL)"; \
+	if [ -z "$$tool" ]; then \
+		if command -v docker >/dev/null && docker info >/dev/null 2>&1; then tool=docker; \
+		elif command -v podman >/dev/null; then tool=podman; \
+		elif command -v docker >/dev/null; then \
+			echo "make image: docker's daemon does not answer (docker info), and podman is not installed" >&2; \
+			exit 1; \
+		else echo "make image: neither docker nor podman is installed" >&2; exit 1; fi; \
+	fi; \
+	commit="$$(git rev-parse HEAD 2>/dev/null)" && \
+		{ [ -z "$$(git status --porcelain --untracked-files=no)" ] || commit="$$commit-dirty"; } || \
+		commit=unknown; \
+	echo "make image: $$tool builds $(IMAGE) from commit $$commit"; \
+	$$tool build --build-arg GIT_COMMIT="$$commit" $(if $(BASE),--build-arg BASE=$(BASE)) \
+		$(if $(TENSORFLOW_EXTRA),--build-arg TENSORFLOW_EXTRA=$(TENSORFLOW_EXTRA)) \
+		$(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) $(IMAGE_BUILD_FLAGS) -t $(IMAGE) . && \
+	echo "make image: built $(IMAGE), $$(( $$($$tool image inspect --format '{{.Size}}' $(IMAGE)) / 1000000 )) MB"
 
 convergence: venv
 	$(PYTHON) -m trainer.convergence $(ARGS)
