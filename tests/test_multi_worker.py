@@ -286,10 +286,12 @@ def test_workers_holding_different_data_stop_naming_the_odd_one(tmp_path):
             ),
         ),
     ]
-    for done in [finish(worker, timeout=180) for worker in workers]:
+    # Each names its program as started: the entry point, and worker 1's wrapper (python -c).
+    for program, worker in zip(["trainer.train", "-c"], workers):
+        done = finish(worker, timeout=180)
         assert done.returncode == 1, done.stderr[-3000:]
         assert re.search(
-            r"^trainer.train: error: worker 1 hold\(s\) other MNIST than the chief ",
+            rf"^{re.escape(program)}: error: worker 1 hold\(s\) other MNIST than the chief ",
             done.stderr,
             re.MULTILINE,
         ), done.stderr[-3000:]
