@@ -40,6 +40,7 @@ BASE_CONFIG = (
     "ENV=LANG=C.UTF-8",
 )
 BUILD_FLAGS = "--isolation=chroot --network=host"
+CACHED_IMAGE = "localhost/mnist-mlp-test:cache"
 # Generous: pip downloads TensorFlow and its dependencies, about 2.8 GB installed.
 BUILD_SECONDS = 1800
 RUN_SECONDS = 600
@@ -212,3 +213,21 @@ def run(
 
 def remove_image(image: str) -> None:
     subprocess.run(["podman", "rmi", "--force", image], capture_output=True, timeout=300)
+
+
+def keep_as_cache(image: str) -> None:
+    """Renames a built image to CACHED_IMAGE. Removing it would remove the build's cache too
+    (its intermediate images); under one name the next session's build starts from its layers.
+    The image the name held before is removed, with what only it used, unless another name
+    or a container still holds it (then podman refuses, and it stays)."""
+    before = image_id(CACHED_IMAGE)
+    _run("podman", "tag", image, CACHED_IMAGE)
+    _run("podman", "untag", image, image)  # Without a second name: every name.
+    if before and before != image_id(CACHED_IMAGE):
+        subprocess.run(["podman", "rmi", before], capture_output=True, timeout=300)
+
+
+def image_id(name: str) -> str | None:
+    if not image_exists(name):
+        return None
+    return _run("podman", "image", "inspect", "--format={{.Id}}", name).stdout.strip()

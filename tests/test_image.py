@@ -9,6 +9,7 @@ not skip. Cold (no base, no build cache) the module takes about 5 minutes, most 
 """
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -29,7 +30,8 @@ from trainer.run import files
 
 pytestmark = pytest.mark.slow  # Builds an image and trains inside it.
 
-IMAGE = "localhost/mnist-mlp-test:latest"
+# A name of this session's own: another session on the machine builds its own image at once.
+IMAGE = f"localhost/mnist-mlp-test:{os.getpid()}"
 SOURCE_WITH_MARKER = "/diff/app/tests/image_build.py"  # In the code's layer.
 CONFIG = TrainConfig(
     hidden_sizes=(32,),
@@ -52,7 +54,8 @@ def built(base):
     commit = files.git_commit()
     build = image_build.make_image(IMAGE, base)
     assert build.commit == commit
-    return build
+    yield build
+    image_build.keep_as_cache(IMAGE)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +158,7 @@ def test_a_code_change_keeps_the_requirements_layers(built, base, tmp_path):
     )
     with open(context / "trainer" / "train.py", "a") as changed:
         changed.write("# A change of code.\n")
-    changed_image = IMAGE.replace(":latest", ":code-change")
+    changed_image = f"{IMAGE}-code-change"
     try:
         image_build.make_image(changed_image, base, directory=context)
         layers = image_build.layers(IMAGE)[::-1]  # Base first, as layer_ids lists them.
