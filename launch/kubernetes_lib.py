@@ -33,6 +33,9 @@ from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 LOGDIR = "/mnt/runs"  # Where the shared volume is mounted in every pod.
 TENSORBOARD_PORT = 6006
 GRPC_PORT = 2222  # The trainers' TensorFlow servers: the training operator's default port.
+# The Dockerfile's user (and group): every pod runs as it, and the claim is made writable to its
+# group (fsGroup), as a volume owned by root would not be to a user that is not root.
+IMAGE_USER_ID = 1000
 ENGINES = ("tfjob", "indexed-job")
 # The oldest Kubernetes the manifests are for: podFailurePolicy is GA there. The tests validate
 # them against its API schemas.
@@ -165,6 +168,20 @@ def _shared_volume(job: TrainingJob, read_only: bool) -> tuple[dict, dict]:
     )
 
 
+def _pod_spec(container: dict, volume: dict) -> dict:
+    """One container, the claim as its volume, run as the image's user."""
+    return {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": IMAGE_USER_ID,
+            "runAsGroup": IMAGE_USER_ID,
+            "fsGroup": IMAGE_USER_ID,
+        },
+        "containers": [container],
+        "volumes": [volume],
+    }
+
+
 def _trainer_pod(job: TrainingJob, name: str, port_name: str, **container: object) -> dict:
     """A trainer's pod template: the job's labels, the claim at LOGDIR, the GPUs, the gRPC port,
     and the engine's other container fields (command, ...)."""
@@ -180,7 +197,7 @@ def _trainer_pod(job: TrainingJob, name: str, port_name: str, **container: objec
         container["resources"] = {"limits": {"nvidia.com/gpu": job.gpus_per_worker}}
     return {
         "metadata": {"labels": _labels(job.name)},
-        "spec": {"containers": [container], "volumes": [volume]},
+        "spec": _pod_spec(container, volume),
     }
 
 
@@ -339,7 +356,7 @@ def _tensorboard(job: TrainingJob) -> list[dict]:
             "selector": {"matchLabels": _labels(name)},
             "template": {
                 "metadata": {"labels": _labels(name)},
-                "spec": {"containers": [container], "volumes": [volume]},
+                "spec": _pod_spec(container, volume),
             },
         },
     }

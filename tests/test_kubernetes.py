@@ -15,6 +15,7 @@ import yaml
 
 from launch.kubernetes_lib import (
     GRPC_PORT,
+    IMAGE_USER_ID,
     KUBERNETES_VERSION,
     LOGDIR,
     TrainingJob,
@@ -194,6 +195,23 @@ def test_each_indexed_pod_runs_the_trainer_with_its_own_tf_config(index):
     workers = [f"mlp-4x2-{i}.{pod['subdomain']}:{GRPC_PORT}" for i in range(4)]
     assert tf_config == {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
     assert container["ports"] == [{"name": "grpc", "containerPort": GRPC_PORT}]
+
+
+@pytest.mark.parametrize("job", [JOB, INDEXED], ids=["tfjob", "indexed-job"])
+def test_every_pod_runs_as_the_images_user_with_the_claim_writable_to_it(job):
+    documents = parsed(job)
+    board = documents["Deployment", "mlp-4x2-tensorboard"]["spec"]["template"]
+    for template in [*trainer_templates(documents), board]:
+        assert template["spec"]["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": IMAGE_USER_ID,
+            "runAsGroup": IMAGE_USER_ID,
+            "fsGroup": IMAGE_USER_ID,
+        }
+    # The user the Dockerfile creates and runs as.
+    dockerfile = (REPOSITORY / "Dockerfile").read_text()
+    assert f"useradd --create-home --uid {IMAGE_USER_ID} --user-group trainer" in dockerfile
+    assert "\nUSER trainer\n" in dockerfile
 
 
 @pytest.mark.parametrize("job", [JOB, INDEXED], ids=["tfjob", "indexed-job"])
