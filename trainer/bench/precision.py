@@ -4,7 +4,7 @@
                           precision, with and without --jit_compile, against Keras `fit` in
                           float32 and in mixed_bfloat16 at each KERAS_STEPS_PER_EXECUTION
     precision_bfloat16    what mixed_bfloat16 gains or costs against float32, ours and Keras's
-                          (at KERAS_SPE_BFLOAT16), at global batch 128 and 1024: quick
+                          (Keras at KERAS_SPE_BFLOAT16), at global batch 128 and 1024: quick
                           enough to run under a stand-in for a CPU without native bfloat16
     precision_ceiling     our FLOP rate at batch 1024 in each precision against a chain of
                           matmuls in that precision's compute dtype (its peak here)
@@ -47,8 +47,9 @@ from trainer.step.state import COMPUTE_DTYPES
 
 KERAS_PRECISIONS = ("float32", "mixed_bfloat16")
 # One steps_per_execution for Keras in precision_bfloat16, which leaves out the search over
-# KERAS_STEPS_PER_EXECUTION to stay short where bfloat16 is slow: Keras's best at both batches
-# in float32 and mixed_bfloat16 on our AVX-512 machine (docs/performance.md).
+# KERAS_STEPS_PER_EXECUTION to stay short where bfloat16 is slow. On our AVX-512 machine 50 and
+# 200 come out fastest, within 15% of each other; ratios of ours to Keras here are against this
+# setting, not Keras's best (precision_throughput finds that).
 KERAS_SPE_BFLOAT16 = 50
 # The goals of issue 11, reported beside the measurements (never tuned for).
 GOAL_BF16_OVER_KERAS_BEST = 1.5
