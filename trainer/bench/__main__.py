@@ -30,6 +30,7 @@ from trainer.bench import training as bench_training
 from trainer.common import ctrl_c
 from trainer.common.tables import markdown_table
 from trainer.distribution import strategies
+from trainer.loop.exiting import exit_promptly
 from trainer.run.files import git_commit
 
 SECTIONS = {
@@ -110,4 +111,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # As the trainer: deleting Keras's and tf.distribute's tf.data iterators at teardown waits
+    # for their autotuning threads, a minute or more after the table and the JSON are out.
+    app.run(exit_promptly(main))
