@@ -75,7 +75,9 @@ def main(argv):
     terminal.refuse_arguments(argv)
     # Before any TensorFlow work: the distribution section's replicas are logical CPUs.
     strategies.split_cpu(bench_training.CPU_REPLICAS)
+    # As the run starts: the code it runs is what was checked out then.
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    commit = git_commit()
     machine = bench_machine.describe()
     print(f"machine: {machine.line()}", flush=True)
     measurements = {}
@@ -101,7 +103,7 @@ def main(argv):
             json.dump(
                 {
                     "date": started,
-                    "git_commit": git_commit(),
+                    "git_commit": commit,
                     "machine": machine.record(),
                     "measurements": measurements,
                 },
