@@ -3,9 +3,10 @@
     AMD EPYC (AuthenticAMD family 25 model 17), 2 cores (2 physical), AVX2 AVX-512
     AVX512_BF16, no AMX; TensorFlow 2.21.0, oneDNN on, bfloat16 through oneDNN; no GPU
 
-A figure means little without it: the same step runs at several times the speed where the CPU
-has native bfloat16 (AVX512_BF16, AMX) and where it has not, and TensorFlow picks its kernels
-from what it finds. Two of its choices are read from TensorFlow itself, not guessed:
+A figure means little without it: on our machine a bfloat16 step runs about three times as fast
+with its native bfloat16 (AVX512_BF16) as when it dispatches like a CPU without
+(docs/performance.md), and TensorFlow picks its kernels from what it finds. Two of its choices
+are read from TensorFlow itself, not guessed:
 
 - oneDNN's custom operations (`_pywrap_util_port.IsMklEnabled`). Without
   TF_ENABLE_ONEDNN_OPTS, TensorFlow turns them on only on a CPU with AVX512_VNNI, AVX512_BF16,
