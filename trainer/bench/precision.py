@@ -14,7 +14,7 @@
                           and in bfloat16: whether summing in the low dtype would pay
 
 On CPUs a mixed_float16 train state turns grappler's remapper off for the whole process
-(train_state.build_train_state says why); for float32 and bfloat16 steps that measured within
+(step/state.py, build_train_state says why); for float32 and bfloat16 steps that measured within
 noise of the remapper on (the fixed-batch loop in each, batch 128 and 1024), so the sections
 need no particular order.
 """
@@ -51,7 +51,7 @@ KERAS_PRECISIONS = ("float32", "mixed_bfloat16")
 # 200 come out fastest, within 15% of each other; ratios of ours to Keras here are against this
 # setting, not Keras's best (precision_throughput finds that).
 KERAS_SPE_BFLOAT16 = 50
-# The goals of issue 11, reported beside the measurements (never tuned for).
+# The goals the bfloat16 step is held to, reported beside the measurements (never tuned for).
 GOAL_BF16_OVER_KERAS_BEST = 1.5
 GOAL_BF16_OVER_KERAS_BF16 = 1.3
 GOAL_BF16_OVER_MATMUL = 0.75

@@ -14,7 +14,7 @@ device's matmul rate, to a target accuracy, and its memory.
                       slowest section: up to 10 epochs of each)
     memory            resident memory across epochs of our loop, and the process's peak
 
-Our side is the trainer's own train state and input pipeline (train_state.build_train_state,
+Our side is the trainer's own train state and input pipeline (step/state.py, build_train_state,
 inputs.Inputs), run in calls of steps_per_loop steps as the trainer runs them; the Keras side
 is what a Keras user writes (Sequential of Dense, Adam, fit on numpy arrays).
 
@@ -53,7 +53,7 @@ CPU_REPLICAS = 2
 ROUNDS = 5
 MATMUL_SIZE = 2048
 TARGET_ACCURACY = 0.985
-# The goals of issue 7, reported beside the measurements (never tuned for).
+# The goals the step is held to, reported beside the measurements (never tuned for).
 GOAL_OURS_OVER_KERAS = 1.5
 GOAL_ACHIEVED_OVER_CEILING = 0.75
 GOAL_REPLICAS_OVER_ONE = 0.9
