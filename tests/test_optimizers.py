@@ -52,34 +52,31 @@ def test_adam_matches_its_equations():
     np.testing.assert_allclose(run_steps(Adam(lr)), expected, rtol=1e-6)
 
 
+def train_on_a_random_regression(apply) -> tuple[np.ndarray, np.ndarray]:
+    """25 steps of `apply(grad, w)` on a float64 least-squares problem; (start, final w)."""
+    rng = np.random.default_rng(0)
+    features, targets = rng.normal(size=(64, 5)), rng.normal(size=(64, 1))
+    start = rng.normal(size=(5, 1))
+    w = tf.Variable(start)
+    for _ in range(25):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((features @ w - targets) ** 2)
+        apply(tape.gradient(loss, w), w)
+    return start, w.numpy()
+
+
 def test_adam_agrees_with_keras_adam_on_a_random_problem():
     # Ours adds epsilon to sqrt(v_hat); Keras adds it to sqrt(v), i.e. ours equals Keras with
     # epsilon * sqrt(1 - beta_2^t). With a tiny epsilon, in float64 (so that rounding does not
     # hide a real difference), the two must agree to many digits. Keras keeps its
     # hyperparameters in float32, so they are chosen to be exact in float32.
     settings = dict(learning_rate=0.0625, beta_1=0.875, beta_2=1 - 2**-10, epsilon=1e-12)
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(64, 5))
-    targets = rng.normal(size=(64, 1))
-    start = rng.normal(size=(5, 1))
-
-    def train(apply):
-        w = tf.Variable(start)
-        for _ in range(25):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean((features @ w - targets) ** 2)
-            apply(tape.gradient(loss, w), w)
-        return w.numpy()
-
     ours = Adam(**settings)
     keras = tf.keras.optimizers.Adam(**settings)
-    np.testing.assert_allclose(
-        train(lambda g, w: ours.apply_gradients([g], [w])),
-        train(lambda g, w: keras.apply_gradients([(g, w)])),
-        rtol=1e-9,
-        atol=1e-12,
-    )
-    assert not np.allclose(start, train(lambda g, w: Adam(0.05).apply_gradients([g], [w])))
+    start, trained = train_on_a_random_regression(lambda g, w: ours.apply_gradients([g], [w]))
+    _, by_keras = train_on_a_random_regression(lambda g, w: keras.apply_gradients([(g, w)]))
+    np.testing.assert_allclose(trained, by_keras, rtol=1e-9, atol=1e-12)
+    assert not np.allclose(start, trained)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -208,27 +205,52 @@ def rosenbrock(x):
     return (1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
 
 
+def matrix_quadratic(w):
+    """0.5 * sum(c * (w - t)^2) over a 2x3 matrix: minimum 0 at t, for Muon's matrix rule."""
+    target = tf.constant([[3.0, -2.0, 1.0], [0.5, 1.5, -1.0]])
+    return 0.5 * tf.reduce_sum(tf.constant([[1.0, 5.0, 2.0], [3.0, 1.0, 4.0]]) * (w - target) ** 2)
+
+
+def matrix_rosenbrock(w):
+    """Rosenbrock's function of a 1x2 matrix."""
+    return rosenbrock(w[0])
+
+
+# Sign and orthogonalized steps (Lion, Muon) do not shrink with the gradient: they reach a
+# minimum as their learning rate decays, so they run with the cosine schedule. Muon runs on
+# matrices (on vectors it is AdamW), without weight decay, which would move the minimum.
+NO_DECAY = {"weight_decay": 0.0}
 TEST_FUNCTIONS = [  # (optimizer, loss, start, its minimum, learning rate, steps, tolerance)
     ("gd", quadratic, (0.0, 0.0), (3.0, -2.0), 0.1, 200, 1e-4),
     ("momentum", quadratic, (0.0, 0.0), (3.0, -2.0), 0.05, 200, 1e-4),
     ("adam", quadratic, (0.0, 0.0), (3.0, -2.0), 0.05, 1000, 1e-4),
+    ("adamw", quadratic, (0.0, 0.0), (3.0, -2.0), 0.05, 1000, 1e-4),
+    ("lion", quadratic, (0.0, 0.0), (3.0, -2.0), ("cosine", 0.01), 2000, 1e-4),
+    ("muon", matrix_quadratic, [[0.0] * 3] * 2, [[3.0, -2.0, 1.0], [0.5, 1.5, -1.0]],
+     ("cosine", 0.05), 2000, 1e-4, NO_DECAY),
     # Rosenbrock's classic start; gradient descent needs a small rate in the valley's steep walls.
     ("gd", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 2e-3, 10_000, 1e-3),
     ("momentum", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 1e-3, 10_000, 1e-3),
     ("adam", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 1e-2, 10_000, 1e-3),
-]
+    ("adamw", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 1e-2, 10_000, 1e-3),
+    ("lion", rosenbrock, (-1.2, 1.0), (1.0, 1.0), ("cosine", 3e-3), 10_000, 1e-3),
+    ("muon", matrix_rosenbrock, [[-1.2, 1.0]], [[1.0, 1.0]], ("cosine", 1e-2), 10_000, 1e-3,
+     NO_DECAY),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "name, loss, start, minimum, learning_rate, steps, tolerance",
-    TEST_FUNCTIONS,
+    "name, loss, start, minimum, learning_rate, steps, tolerance, settings",
+    [case if len(case) == 8 else (*case, {}) for case in TEST_FUNCTIONS],
     ids=[f"{case[0]}-{case[1].__name__}" for case in TEST_FUNCTIONS],
 )
 def test_reaches_the_minimum_of_a_test_function_in_a_compiled_loop_traced_once(
-    name, loss, start, minimum, learning_rate, steps, tolerance
+    name, loss, start, minimum, learning_rate, steps, tolerance, settings
 ):
     x = tf.Variable(np.array(start, np.float32))
-    optimizer = create(name, learning_rate)
+    if isinstance(learning_rate, tuple):  # (schedule, peak)
+        learning_rate = create_schedule(*learning_rate, total_steps=steps)
+    optimizer = create(name, learning_rate, **settings)
     optimizer.build([x])
 
     @tf.function

@@ -25,6 +25,13 @@ a row the scale doubles. The decision is taken on the summed gradients, the same
 replica and worker, so all take it alike. Only a non-finite gradient at the smallest scale, 1,
 is noted as divergence (`first_nonfinite_step`): there no scaling is left to blame.
 
+What cuts across optimizers (clipping, weight decay, weight EMA) is not written here but in
+`Transform`s (transform.py), each in a file of its own and passed as `transforms=`, as Optax
+chains its gradient transformations: base.py calls their hooks at fixed points of the update
+and keeps their state mirrored, so no transform meets `tf.distribute` itself.
+
+A subclass defined with `flag_name="..."` becomes a `--optimizer` choice (`REGISTRY`).
+
 Assigning to a mirrored variable straight from replica context raises no error but lets the
 copies drift apart when replicas see different data; steps 1-3 are what prevents that. Without a
 strategy the default one runs the very same code with one replica.
@@ -34,11 +41,16 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from trainer.optimizers.transform import Transform, slot_base_name
+
 LearningRate = float | tf.Tensor | Callable[[tf.Tensor], tf.Tensor]
 
 INITIAL_LOSS_SCALE = 2.0**15
 LOSS_SCALE_GROWTH_INTERVAL = 2000
 MIN_LOSS_SCALE = 1.0
+
+# Flag name -> Optimizer subclass, filled as the subclasses are defined (see __init_subclass__).
+REGISTRY: dict[str, type["Optimizer"]] = {}
 
 
 class Optimizer(tf.Module):
@@ -47,6 +59,14 @@ class Optimizer(tf.Module):
     # Names of the per-variable state tensors `update_step` receives, in order.
     slot_names: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, flag_name: str | None = None, **kwargs):
+        """`class RMSprop(Optimizer, flag_name="rmsprop")` makes it `--optimizer=rmsprop`."""
+        super().__init_subclass__(**kwargs)
+        if flag_name is not None:
+            if flag_name in REGISTRY:
+                raise ValueError(f"optimizer name {flag_name!r} is taken by {REGISTRY[flag_name]}")
+            REGISTRY[flag_name] = cls
+
     def __init__(
         self,
         learning_rate: LearningRate,
@@ -54,11 +74,15 @@ class Optimizer(tf.Module):
         xla_update: bool = True,
         loss_scaling: bool = False,
         growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL,
+        transforms: Sequence[Transform] = (),
     ):
         super().__init__(name=name)
         if growth_interval < 1:
             raise ValueError(f"{name}: growth_interval must be at least 1, got {growth_interval}")
-        if not callable(learning_rate):
+        if isinstance(learning_rate, (int, float)):  # Checked without starting TensorFlow.
+            if not learning_rate > 0:
+                raise ValueError(f"{name}: learning_rate must be positive, got {learning_rate!r}")
+        elif not callable(learning_rate):
             if tf.reduce_any(tf.convert_to_tensor(learning_rate) <= 0):
                 raise ValueError(f"{name}: learning_rate must be positive, got {learning_rate!r}")
         self.learning_rate = learning_rate
@@ -69,10 +93,13 @@ class Optimizer(tf.Module):
         # With loss_scaling, built by build(): the scale, the finite steps since it last
         # changed, and the count of steps skipped for an overflow.
         self.loss_scale = self.finite_steps = self.skipped_steps = None
-        self.slots = []  # slots[i][j]: slot_names[j] of the i-th variable.
+        self.transforms = list(transforms)  # Their hooks run in this order.
+        self.slots = []  # slots[i][j]: slot_names_for(variable i)[j].
         self._slot_index = {}  # variable ref -> i; plain ints, so not checkpointed.
         self._update_rule = (
-            tf.function(self.update_step, jit_compile=True) if xla_update else self.update_step
+            tf.function(self._rule_and_transforms, jit_compile=True)
+            if xla_update
+            else self._rule_and_transforms
         )
 
     @property
@@ -126,17 +153,22 @@ class Optimizer(tf.Module):
                 )
             for i, var in enumerate(variables):
                 self._slot_index[var.ref()] = i
-                base_name = var.name.split(":")[0].replace("/", "_")
                 self.slots.append(
                     [
                         tf.Variable(
                             tf.zeros(var.shape, var.dtype),
                             trainable=False,
-                            name=f"{base_name}_{slot}",
+                            name=f"{slot_base_name(var)}_{slot}",
                         )
-                        for slot in self.slot_names
+                        for slot in self.slot_names_for(var)
                     ]
                 )
+            for transform in self.transforms:
+                transform.build(variables)
+
+    def slot_names_for(self, var: tf.Variable) -> tuple[str, ...]:
+        """The slots `var` keeps: `slot_names`, unless the rule depends on the variable."""
+        return self.slot_names
 
     def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
         """The loss to differentiate: times the loss scale with loss_scaling, else as it is.
@@ -188,12 +220,17 @@ class Optimizer(tf.Module):
             # One norm serves both the log and the NaN/inf check: finite iff they all are.
             grad_norm = tf.linalg.global_norm(grads)
             finite = tf.math.is_finite(grad_norm)
+        scale = unscale  # What every summed gradient is multiplied by, if anything.
+        for transform in self.transforms:  # Clipping: from the norm of the unscaled sum.
+            factor = transform.scale_gradients(grad_norm, finite)
+            if factor is not None:
+                scale = factor if scale is None else scale * factor
         for grad, var in pairs:
-            slots = self.slots[self._slot_index[var.ref()]]
+            index = self._slot_index[var.ref()]
             strategy.extended.update(
                 var,
                 self._update_one,
-                args=(var, grad, learning_rate, step, slots, unscale, finite),
+                args=(var, grad, learning_rate, step, index, scale, finite),
                 group=False,
             )
         seen = self.first_nonfinite_step
@@ -222,22 +259,44 @@ class Optimizer(tf.Module):
         self.finite_steps.assign(tf.where(finite & ~grow, self.finite_steps + 1, zero))
         self.skipped_steps.assign_add(tf.where(finite, zero, 1))
 
-    def _update_one(self, copy, var, grad, learning_rate, step, slots, unscale, finite):
+    def _update_one(self, copy, var, grad, learning_rate, step, index, scale, finite):
         # Runs once per device copy of `var`, with this device's copy of the summed gradient.
         # The compiled rule takes plain variables, so the slots' copies are picked here.
         local = tf.distribute.get_strategy().experimental_local_results
-        index = next(i for i, each in enumerate(local(var)) if each is copy)
-        slots = [local(slot)[index] for slot in slots]
+        device = next(i for i, each in enumerate(local(var)) if each is copy)
+        slots = [local(slot)[device] for slot in self.slots[index]]
+        transform_slots = [
+            [local(slot)[device] for slot in transform.slots_of(index)]
+            for transform in self.transforms
+        ]
         learning_rate = tf.cast(learning_rate, copy.dtype)
-        if unscale is None:  # No loss scaling: every step applies.
-            return self._update_rule(grad, copy, learning_rate, slots, step)
+        args = (grad, scale, copy, learning_rate, slots, transform_slots, step, index)
+        if not self.loss_scaling:  # Every step applies.
+            return self._update_rule(*args)
 
         def apply():
-            self._update_rule(grad * tf.cast(unscale, grad.dtype), copy, learning_rate, slots, step)
+            self._update_rule(*args)
             return tf.constant(True)
 
-        # A skipped step leaves the variable and its slots untouched.
+        # A skipped step leaves the variable, its slots and the transforms' untouched.
         return tf.cond(finite, apply, lambda: tf.constant(False))
+
+    def _rule_and_transforms(
+        self, grad, scale, var, learning_rate, slots, transform_slots, step, index
+    ):
+        # One variable's whole update, compiled as one program with xla_update.
+        if scale is not None:
+            grad = grad * tf.cast(scale, grad.dtype)
+        for transform, its_slots in zip(self.transforms, transform_slots):
+            transform.before_update(index, var, learning_rate, its_slots)
+        self.update_rule_for(index)(grad, var, learning_rate, slots, step)
+        for transform, its_slots in zip(self.transforms, transform_slots):
+            transform.after_update(index, var, its_slots)
+
+    def update_rule_for(self, index: int) -> Callable:
+        """The rule for the `index`-th variable built: `update_step`, unless the rule depends
+        on the variable (Muon's does)."""
+        return self.update_step
 
     def update_step(self, grad, var, learning_rate, slots, step):
         """The update rule: assign to `var` and `slots` from `grad` at `step` (counting from

@@ -3,7 +3,7 @@
 from trainer.optimizers.base import LearningRate, Optimizer
 
 
-class GradientDescent(Optimizer):
+class GradientDescent(Optimizer, flag_name="gd"):
     """x <- x - lr * g.
 
     Example:

@@ -3,7 +3,7 @@
 from trainer.optimizers.base import LearningRate, Optimizer
 
 
-class Momentum(Optimizer):
+class Momentum(Optimizer, flag_name="momentum"):
     """change <- lr * g + momentum * change;  x <- x - change.
 
     The seed notebook's rule, with one fix: each variable keeps its own `change` (the notebook
