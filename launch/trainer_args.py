@@ -46,7 +46,7 @@ def check_trainer_args(
     config = trainer_config([*launcher_args, *args])
     if replicas is not None:
         try:
-            check_batch_split(config.batch_size, replicas)
+            check_batch_split(config.batch_size, replicas, config.grad_accum_steps)
         except ConfigError as e:
             raise LaunchError(str(e)) from None
     return list(args)

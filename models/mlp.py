@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+Offsets = dict  # Variable ref -> the tensor to add to that variable's value.
+
 
 def glorot_uniform(shape: Sequence[int], seed: tf.Tensor) -> tf.Tensor:
     """Xavier/Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
@@ -41,8 +43,11 @@ class Dense(tf.Module):
             self.w = tf.Variable(glorot_uniform([in_features, out_features], seed), name="w")
             self.b = tf.Variable(tf.zeros([out_features]), name="b")
 
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        w, b = (tf.cast(v, self.compute_dtype) for v in (self.w, self.b))
+    def __call__(self, x: tf.Tensor, offsets: "Offsets | None" = None) -> tf.Tensor:
+        w, b = self.w, self.b
+        if offsets:  # Computing at w + offset, without writing to w.
+            w, b = w + offsets[w.ref()], b + offsets[b.ref()]
+        w, b = (tf.cast(v, self.compute_dtype) for v in (w, b))
         return self.activation(tf.matmul(tf.cast(x, self.compute_dtype), w) + b)
 
 
@@ -80,7 +85,13 @@ class MLP(tf.Module):
                 for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))
             ]
 
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    def __call__(self, x: tf.Tensor, offsets: Sequence[tf.Tensor] | None = None) -> tf.Tensor:
+        """The logits; with `offsets` (one per trainable variable, in their order), those of
+        the weights plus the offsets: sharpness-aware minimization's second pass reads the
+        perturbed weights this way, so they are never written."""
+        by_variable = None
+        if offsets is not None:
+            by_variable = {v.ref(): o for v, o in zip(self.trainable_variables, offsets)}
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, by_variable)
         return tf.cast(x, tf.float32)

@@ -58,11 +58,75 @@ def test_every_replica_copy_stays_identical_on_different_data(name, train_split)
     strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
     model, optimizer, _ = run(strategy, name, train_split, steps=5)
     state = [optimizer.iterations, *[slot for slots in optimizer.slots for slot in slots]]
-    assert len(state) == 1 + len(model.trainable_variables) * len(optimizer.slot_names)
+    slots_per_variable = [optimizer.slot_names_for(v) for v in model.trainable_variables]
+    assert len(state) == 1 + sum(map(len, slots_per_variable))
     for variable in [*model.trainable_variables, *state]:
         first, second = replica_copies(variable)
         np.testing.assert_array_equal(first, second, err_msg=variable.name)
     assert int(optimizer.iterations.numpy()) == 5  # Once per step, not once per replica.
+
+
+def test_the_transforms_state_stays_identical_on_every_replica(train_split):
+    strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
+    config = dataclasses.replace(CONFIG, optimizer="adamw", clip_global_norm=0.1, ema_decay=0.9)
+    state = build_train_state(strategy, config, steps_per_epoch=1)
+    iterator = iter(
+        strategy.experimental_distribute_dataset(mnist.train_dataset(train_split, BATCH, seed=0))
+    )
+    state.train_loop(iterator, tf.constant(5))
+    clip, ema = state.optimizer.transforms[1:]  # After AdamW's own weight decay.
+    assert int(clip.clipped_steps.numpy()) == 5  # A limit of 0.1 clips every step here.
+    assert all(a is b for a, b in zip(ema.averages, state.ema_model.trainable_variables))
+    for variable in [*state.model.trainable_variables, *ema.averages, clip.clipped_steps]:
+        first, second = replica_copies(variable)
+        np.testing.assert_array_equal(first, second, err_msg=variable.name)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("name", ["gd", "momentum", "adam", "adamw"])
+def test_accumulated_micro_batches_take_the_steps_of_the_whole_batch(name, replicas, train_split):
+    # As Keras's and Optax's accumulation tests compare: K micro-batches of B / K, summed, and
+    # one batch of B. With a schedule (warm-up and cosine over the 10 steps), which must see
+    # one step per update, not one per micro-batch.
+    strategy = strategies.create_strategy(
+        "mirrored" if replicas > 1 else "one_device", cpu_replicas=replicas
+    )
+    config = dataclasses.replace(
+        CONFIG, optimizer=name, lr_schedule="cosine", warmup_epochs=0.2, epochs=1
+    )
+    states = {}
+    for steps in (1, 4):
+        state = build_train_state(
+            strategy, dataclasses.replace(config, grad_accum_steps=steps), steps_per_epoch=10
+        )
+        start = state.model.trainable_variables[0].numpy()
+        dataset = mnist.train_dataset(train_split, BATCH, seed=0)
+        state.train(iter(strategy.experimental_distribute_dataset(dataset)), 10)
+        states[steps] = state
+    whole, accumulated = states[1], states[4]
+    assert whole.step == accumulated.step == 10  # One update per batch.
+    for a, b in zip(whole.model.trainable_variables, accumulated.model.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
+    assert not np.allclose(whole.model.trainable_variables[0].numpy(), start)
+    # The metrics count every micro-batch's examples once.
+    assert float(whole.train_metrics.count.read_value()) == 10 * BATCH
+    assert float(accumulated.train_metrics.count.read_value()) == 10 * BATCH
+
+
+def test_an_overflow_in_one_micro_batch_skips_the_whole_update(train_split):
+    strategy = strategies.create_strategy("one_device")
+    config = dataclasses.replace(CONFIG, precision="mixed_float16", grad_accum_steps=2)
+    state = build_train_state(strategy, config, steps_per_epoch=1)
+    images, labels = next(iter(mnist.train_dataset(train_split, BATCH, seed=0)))
+    # The second micro-batch's pixels are beyond float16's range: its gradients are not finite.
+    images = tf.concat([images[: BATCH // 2], images[BATCH // 2 :] * 1e6], axis=0)
+    start = [v.numpy() for v in state.model.trainable_variables]
+    state.train_loop(iter(tf.data.Dataset.from_tensors((images, labels))), tf.constant(1))
+    optimizer = state.optimizer
+    assert int(optimizer.skipped_steps.numpy()) == 1 and state.step == 0
+    assert float(optimizer.loss_scale.numpy()) == 2.0**14  # Halved once, not per micro-batch.
+    for before, variable in zip(start, state.model.trainable_variables):
+        np.testing.assert_array_equal(before, variable.numpy())
 
 
 class UpdateInReplicaContext(optimizers.GradientDescent):
@@ -83,10 +147,11 @@ def test_the_copy_check_catches_updates_from_replica_context(train_split):
 
 
 @pytest.mark.slow
-def test_one_and_two_replicas_take_the_same_steps(train_split):
-    one, _, _ = run(strategies.create_strategy("one_device"), "adam", train_split, steps=10)
+@pytest.mark.parametrize("name", ["adam", "adamw", "lion", "muon"])
+def test_one_and_two_replicas_take_the_same_steps(name, train_split):
+    one, _, _ = run(strategies.create_strategy("one_device"), name, train_split, steps=10)
     two, _, _ = run(
-        strategies.create_strategy("mirrored", cpu_replicas=2), "adam", train_split, steps=10
+        strategies.create_strategy("mirrored", cpu_replicas=2), name, train_split, steps=10
     )
     assert len(one.trainable_variables) == len(two.trainable_variables) == 4
     for a, b in zip(one.trainable_variables, two.trainable_variables):

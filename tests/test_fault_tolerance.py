@@ -54,9 +54,9 @@ CONFIG = TrainConfig(
 FINAL_STEP = 400
 
 
-def start(logdir, run_name, env=None) -> subprocess.Popen:
-    """The trainer on CONFIG, its stderr merged into stdout to be read line by line."""
-    config = dataclasses.replace(CONFIG, logdir=str(logdir), run_name=run_name)
+def start(logdir, run_name, env=None, config=CONFIG) -> subprocess.Popen:
+    """The trainer on `config`, its stderr merged into stdout to be read line by line."""
+    config = dataclasses.replace(config, logdir=str(logdir), run_name=run_name)
     return start_module(
         "trainer.train",
         *command_line(config),
@@ -65,17 +65,19 @@ def start(logdir, run_name, env=None) -> subprocess.Popen:
     )
 
 
-def run_to_end(logdir, run_name) -> str:
-    done = finish(start(logdir, run_name))
+def run_to_end(logdir, run_name, config=CONFIG) -> str:
+    done = finish(start(logdir, run_name, config=config))
     assert done.returncode == 0, done.stdout[-3000:]
     return done.stdout
 
 
-def interrupt_after(logdir, run_name, checkpoint_step: int, signum) -> tuple[int, str]:
+def interrupt_after(
+    logdir, run_name, checkpoint_step: int, signum, config=CONFIG
+) -> tuple[int, str]:
     """Starts a run, and sends `signum` while it is held right after saving
     ckpt-<checkpoint_step>: the signal arrives at that step on any machine."""
     pause = Pause(pathlib.Path(logdir, f"{run_name}.pause"), checkpoint_step)
-    process = start(logdir, run_name, env={**environment(), **pause.env()})
+    process = start(logdir, run_name, env={**environment(), **pause.env()}, config=config)
     pause.wait(process)
     process.send_signal(signum)
     pause.release()
@@ -108,12 +110,38 @@ def assert_bitwise_equal(got, want):
 
 def test_a_run_killed_mid_run_and_restarted_ends_bit_for_bit_as_if_never_killed(uninterrupted):
     logdir, want = uninterrupted
-    returncode, output = interrupt_after(logdir, "killed", 50, signal.SIGKILL)
+    kill_and_resume(logdir, "killed")
+    assert_bitwise_equal(final_state(logdir, "killed"), want)
+
+
+def kill_and_resume(logdir, run_name, config=CONFIG) -> None:
+    """Kills a run with SIGKILL right after its checkpoint at step 50, and reruns it."""
+    returncode, output = interrupt_after(logdir, run_name, 50, signal.SIGKILL, config)
     assert returncode == -signal.SIGKILL, output[-3000:]
     assert f"ckpt-{FINAL_STEP}" not in output  # It really died mid-run.
-    output = run_to_end(logdir, "killed")
+    output = run_to_end(logdir, run_name, config)
     assert resumed_step(output) == 50
-    assert_bitwise_equal(final_state(logdir, "killed"), want)
+
+
+# Each new optimizer, and accumulation with SAM, with every transform that keeps state: clipping's
+# count, the EMA.
+RECIPES = {
+    "adamw": dict(optimizer="adamw", weight_decay=0.05),
+    "lion": dict(optimizer="lion", learning_rate=3e-4, weight_decay=0.3),
+    "muon": dict(optimizer="muon"),
+    # Accumulation's 5 micro-batches of 50, and SAM's two passes over them.
+    "adam-accumulated-sam": dict(optimizer="adam", grad_accum_steps=5, sam_rho=0.05),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_each_recipe_with_clipping_and_ema_resumes_bit_for_bit_after_kill_9(name, tmp_path):
+    config = dataclasses.replace(CONFIG, clip_global_norm=0.5, ema_decay=0.9, **RECIPES[name])
+    run_to_end(tmp_path, "uninterrupted", config)
+    want = final_state(tmp_path, "uninterrupted")
+    assert any("averages" in key for key in want) and any("clipped_steps" in key for key in want)
+    kill_and_resume(tmp_path, "killed", config)
+    assert_bitwise_equal(final_state(tmp_path, "killed"), want)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from launch import local
 from launch.ports import free_ports
 from tests.toolkit import (
     REPOSITORY,
+    WEIGHTS_AND_OPTIMIZER,
     Pause,
     assert_same_tensors,
     checkpoint_path,
@@ -59,9 +60,7 @@ def two_workers(tmp_path_factory):
     return logdir, code, output.getvalue()
 
 
-def test_two_workers_train_to_the_same_weights(two_workers):
-    logdir, code, output = two_workers
-    assert code == 0, output[-3000:]
+def assert_same_weights_on_both_workers(output: str) -> None:
     fingerprints = {
         worker: value
         for worker, value in re.findall(
@@ -70,6 +69,12 @@ def test_two_workers_train_to_the_same_weights(two_workers):
     }
     assert set(fingerprints) == {"0", "1"}
     assert fingerprints["0"] == fingerprints["1"]
+
+
+def test_two_workers_train_to_the_same_weights(two_workers):
+    logdir, code, output = two_workers
+    assert code == 0, output[-3000:]
+    assert_same_weights_on_both_workers(output)
 
 
 def test_only_the_chief_writes_the_run(two_workers):
@@ -102,6 +107,43 @@ def test_two_workers_match_one_process_with_the_same_global_batch(two_workers, t
         rtol=1e-4,
         atol=1e-6,
     )
+
+
+def test_two_workers_accumulating_micro_batches_take_the_steps_of_whole_batches(
+    two_workers, tmp_path
+):
+    logdir, _, _ = two_workers
+    output = io.StringIO()
+    job = dataclasses.replace(CONFIG, logdir=str(tmp_path), run_name="job", grad_accum_steps=5)
+    assert run_job(job, output) == 0, output.getvalue()[-3000:]
+    assert_same_weights_on_both_workers(output.getvalue())
+    assert_same_tensors(
+        checkpoint_tensors(checkpoint_path(str(tmp_path / "job"), 200)),
+        checkpoint_tensors(checkpoint_path(os.path.join(logdir, "job"), 200)),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_muon_clipped_and_averaged_across_two_workers_matches_one_process(tmp_path):
+    # Muon orthogonalizes the summed gradient on every worker; the clip decision and the
+    # averages must be the same everywhere, and as on one machine with the same global batch.
+    config = dataclasses.replace(CONFIG, optimizer="muon", clip_global_norm=0.5, ema_decay=0.9)
+    output = io.StringIO()
+    job = dataclasses.replace(config, logdir=str(tmp_path / "job"), run_name="job")
+    assert run_job(job, output) == 0, output.getvalue()[-3000:]
+    assert_same_weights_on_both_workers(output.getvalue())
+    single = train_and_evaluate(
+        dataclasses.replace(
+            config, logdir=str(tmp_path / "single"), strategy="mirrored", cpu_replicas=2
+        )
+    )
+    want = checkpoint_tensors(checkpoint_path(single.run_dir, 200), WEIGHTS_AND_OPTIMIZER)
+    assert any("averages" in key for key in want) and any("clipped_steps" in key for key in want)
+    got = checkpoint_tensors(
+        checkpoint_path(str(tmp_path / "job" / "job"), 200), WEIGHTS_AND_OPTIMIZER
+    )
+    assert_same_tensors(got, want, rtol=1e-4, atol=1e-6)
 
 
 def run_job_signalled(config: TrainConfig, pause: Pause, signum, **options) -> tuple[int, str]:

@@ -255,7 +255,8 @@ def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
         (
             ["optimizer=adam,sgd"],
             {},
-            "run optimizer=sgd: --optimizer=sgd: value should be one of <gd|momentum|adam>",
+            "run optimizer=sgd: --optimizer=sgd: value should be one of "
+            "<adam|adamw|gd|lion|momentum|muon>",
         ),
         (
             ["learning_rate=1e-3,-1"],

@@ -22,7 +22,11 @@ SET_HERE = {"strategy": "the launcher"}
         (["epochs=3"], None, "trainer argument 'epochs=3': expected --<trainer flag>=<value>"),
         (["--epochs=0"], None, "--epochs=0: must be at least 1"),
         (["--epochs=x"], None, "--epochs=x: invalid literal for int() with base 10: 'x'"),
-        (["--optimizer=sgd"], None, "--optimizer=sgd: value should be one of <gd|momentum|adam>"),
+        (
+            ["--optimizer=sgd"],
+            None,
+            "--optimizer=sgd: value should be one of <adam|adamw|gd|lion|momentum|muon>",
+        ),
         (["--deterministic=maybe"], None, "--deterministic=maybe: ('Non-boolean argument"),
         (["--hidden_sizes=700,x"], None, "--hidden_sizes=700,x: must be comma-separated integers"),
         (

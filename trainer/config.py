@@ -11,9 +11,11 @@ import re
 from collections.abc import Sequence
 
 from data.mnist import SOURCES
+from trainer import optimizers
 from trainer.common.errors import OneLineError
 from trainer.distribution.strategies import STRATEGIES
 from trainer.optimizers import OPTIMIZERS, SCHEDULES
+from trainer.step.sam import SAM_MODES
 
 # Keras's policy names. Mixed: float32 variables and optimizer state, compute in the other dtype.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -23,8 +25,30 @@ _PRECISION_SUFFIX = {"float32": "", "mixed_bfloat16": "_bf16", "mixed_float16": 
 # The settings that decide what a run computes. A run directory belongs to one set of them:
 # resuming it with others would silently mix two experiments. The rest (devices, logging
 # cadence, where data comes from) may change between a run and its resumption.
+# Settings of the optimizer, each a keyword of the optimizers that take it; unset (None):
+# the optimizer's own default.
+OPTIMIZER_SETTINGS = ("weight_decay", "beta_1", "beta_2", "momentum", "exclude_layers")
+# Their tags in a run's directory name.
+_NAME_TAGS = {
+    "weight_decay": "wd",
+    "beta_1": "b1_",
+    "beta_2": "b2_",
+    "momentum": "m",
+    "exclude_layers": "ex_",
+    "clip_global_norm": "clip",
+    "sam_rho": "sam",
+    "sam_mode": "",
+    "ema_decay": "ema",
+    "label_noise": "noise",
+}
+
 RESULT_FIELDS = (
     "optimizer",
+    *OPTIMIZER_SETTINGS,
+    "clip_global_norm",
+    "sam_rho",
+    "sam_mode",
+    "ema_decay",
     "learning_rate",
     "lr_schedule",
     "warmup_epochs",
@@ -32,6 +56,7 @@ RESULT_FIELDS = (
     "epochs",
     "hidden_sizes",
     "seed",
+    "label_noise",
     "precision",
 )
 
@@ -62,13 +87,62 @@ class TrainConfig:
         1, "Split the CPU into this many logical devices (machines without GPUs)."
     )
     optimizer: str = setting("adam", "Optimizer.", tuple(OPTIMIZERS))
+    weight_decay: float | None = setting(
+        None,
+        "adamw, lion, muon: decoupled weight decay, w -= lr_t * weight_decay * w each step, of "
+        "the weight matrices (never biases); unset: the optimizer's default (0.004; lion 0).",
+    )
+    beta_1: float | None = setting(
+        None, "adam, adamw, lion: beta_1; unset: the optimizer's default (0.9)."
+    )
+    beta_2: float | None = setting(
+        None, "adam, adamw, lion: beta_2; unset: the optimizer's default (0.999; lion 0.99)."
+    )
+    momentum: float | None = setting(
+        None, "momentum, muon: the momentum; unset: the optimizer's default (0.7; muon 0.95)."
+    )
+    exclude_layers: tuple[str, ...] | None = setting(
+        None,
+        "muon: the layers that take AdamW instead of Muon's rule, by name (dense_0, dense_1, "
+        "...; the last is the output layer); unset: the output layer, as Keras advises.",
+    )
+    clip_global_norm: float = setting(
+        0.0,
+        "Clip the gradients summed across replicas and workers to this global norm before "
+        "each update; 0: no clipping.",
+    )
+    sam_rho: float = setting(
+        0.0,
+        "Sharpness-aware minimization: take each update's gradient at w + rho * g / ||g||; 0: off.",
+    )
+    sam_mode: str = setting(
+        "global",
+        "With --sam_rho: global (one perturbation from the whole batch's gradient, as on one "
+        "device) or per_replica (each replica's own: m-sharpness).",
+        SAM_MODES,
+    )
+    ema_decay: float = setting(
+        0.0,
+        "Keep an exponential moving average of the weights with this decay; validation, the "
+        "test score and the export use it. 0: none.",
+    )
     learning_rate: float = setting(2e-3, "Peak learning rate.")
     lr_schedule: str = setting("cosine", "constant, or cosine decay to 0 over the run.", SCHEDULES)
     warmup_epochs: float = setting(1.0, "Linear warm-up before the cosine decay, in epochs.")
     batch_size: int = setting(128, "Global batch size, split evenly across replicas.")
+    grad_accum_steps: int = setting(
+        1,
+        "Split each replica's share of a batch into this many micro-batches, summing their "
+        "gradients before the one update: the same steps in less memory.",
+    )
     epochs: int = setting(10, "Passes over the 50,000 training images.")
     hidden_sizes: tuple[int, ...] = setting((700, 500), "Widths of the hidden layers.")
     seed: int = setting(0, "Seeds weights and data order.")
+    label_noise: float = setting(
+        0.0,
+        "Replace this fraction of the training labels (picked by --seed) by another class; "
+        "validation and test labels stay clean. For studying robustness to noisy labels.",
+    )
     steps_per_loop: int = setting(
         100, "Train steps per call of the compiled loop (and per logged point)."
     )
@@ -137,8 +211,10 @@ class TrainConfig:
             "learning_rate",
             "must be a positive number",
         )
+        self._validate_optimizer_settings(need)
         need(self.lr_schedule in SCHEDULES, "lr_schedule", f"must be one of {', '.join(SCHEDULES)}")
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
+        need(self.grad_accum_steps >= 1, "grad_accum_steps", "must be at least 1")
         need(self.epochs >= 1, "epochs", "must be at least 1")
         need(
             self.warmup_epochs >= 0 and self.warmup_epochs < self.epochs,
@@ -150,6 +226,7 @@ class TrainConfig:
             "hidden_sizes",
             "must be a comma-separated list of positive layer widths, e.g. 700,500",
         )
+        need(0 <= self.label_noise < 1, "label_noise", "must be a fraction at least 0, below 1")
         need(self.steps_per_loop >= 1, "steps_per_loop", "must be at least 1")
         need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
         need(self.data_source in SOURCES, "data_source", f"must be one of {', '.join(SOURCES)}")
@@ -180,14 +257,76 @@ class TrainConfig:
         )
         return self
 
+    def _validate_optimizer_settings(self, need) -> None:
+        for name in OPTIMIZER_SETTINGS:
+            if getattr(self, name) is not None:
+                takers = [o for o in OPTIMIZERS if name in optimizers.options(o)]
+                need(
+                    name in optimizers.options(self.optimizer),
+                    name,
+                    f"--optimizer={self.optimizer} takes no {name}; "
+                    f"{', '.join(takers) or 'no optimizer'} {'does' if len(takers) == 1 else 'do'}",
+                )
+        for name in ("beta_1", "beta_2", "momentum"):
+            value = getattr(self, name)
+            need(value is None or 0 <= value < 1, name, "must be at least 0 and less than 1")
+        need(
+            self.weight_decay is None or 0 <= self.weight_decay < math.inf,
+            "weight_decay",
+            "must be 0 or a positive number",
+        )
+        layers = [f"dense_{i}" for i in range(len(self.hidden_sizes) + 1)]
+        need(
+            self.exclude_layers is None or set(self.exclude_layers) <= set(layers),
+            "exclude_layers",
+            f"must name layers of the model: {', '.join(layers)}",
+        )
+        need(
+            math.isfinite(self.clip_global_norm) and self.clip_global_norm >= 0,
+            "clip_global_norm",
+            "must be 0 (no clipping) or a positive norm",
+        )
+        need(
+            math.isfinite(self.sam_rho) and self.sam_rho >= 0,
+            "sam_rho",
+            "must be 0 (no SAM) or a positive radius, e.g. 0.05",
+        )
+        need(self.sam_mode in SAM_MODES, "sam_mode", f"must be one of {', '.join(SAM_MODES)}")
+        need(
+            self.sam_rho > 0 or self.sam_mode == "global",
+            "sam_mode",
+            "chooses how SAM perturbs: set --sam_rho too",
+        )
+        need(
+            0 <= self.ema_decay < 1,
+            "ema_decay",
+            "must be 0 (no average) or a decay in (0, 1), e.g. 0.999",
+        )
+        try:  # What only the optimizer knows, e.g. that Lion's beta_1 may not be 0.
+            optimizers.create(self.optimizer, self.learning_rate, **self.optimizer_settings())
+        except ValueError as e:
+            problem = str(e).removeprefix(f"{self.optimizer}: ")
+            raise ConfigError(f"--optimizer={self.optimizer}: {problem}") from None
+
+    def optimizer_settings(self) -> dict:
+        """The optimizer's keyword settings that are set, as its constructor takes them."""
+        settings = {name: getattr(self, name) for name in OPTIMIZER_SETTINGS}
+        return {name: value for name, value in settings.items() if value is not None}
+
     def run_dir_name(self) -> str:
         """The run's directory under logdir: the same settings resume the same run."""
         if self.run_name:
             return self.run_name
         hidden = "x".join(map(str, self.hidden_sizes))
         warmup = f"_w{self.warmup_epochs:g}" if self.warmup_epochs else ""
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        settings = "".join(
+            f"_{tag}{_flag_value(getattr(self, name)).replace(',', '+')}"
+            for name, tag in _NAME_TAGS.items()
+            if getattr(self, name) != defaults[name]
+        )
         return (
-            f"mlp{hidden}_{self.optimizer}_lr{self.learning_rate:g}_{self.lr_schedule}"
+            f"mlp{hidden}_{self.optimizer}{settings}_lr{self.learning_rate:g}_{self.lr_schedule}"
             f"{warmup}_b{self.batch_size}_e{self.epochs}_s{self.seed}"
             f"{_PRECISION_SUFFIX[self.precision]}"
         )
@@ -212,7 +351,9 @@ class TrainConfig:
             for line in flagfile_text.splitlines()
             if line.startswith("--") and "=" in line
         )
-        for name, value in self.as_flags(RESULT_FIELDS).items():
+        current = self.as_flags(RESULT_FIELDS)
+        for name in RESULT_FIELDS:
+            value = current.get(name, "unset")
             if name in started and not _same_value(started[name], value):
                 raise ConfigError(
                     f"--{name}={value}: the run in {os.path.dirname(path)} was started with "
@@ -221,12 +362,18 @@ class TrainConfig:
                 )
 
 
-def check_batch_split(batch_size: int, replicas: int) -> None:
-    """Raises ConfigError unless the global batch splits evenly among `replicas` in sync; the
-    trainer checks it once its strategy is up, a launcher before it starts any replica."""
+def check_batch_split(batch_size: int, replicas: int, grad_accum_steps: int = 1) -> None:
+    """Raises ConfigError unless the global batch splits evenly among `replicas` in sync, and
+    each replica's share into `grad_accum_steps` micro-batches; the trainer checks it once its
+    strategy is up, a launcher before it starts any replica."""
     if batch_size % replicas:
         raise ConfigError(
             f"--batch_size={batch_size}: must be divisible by the {replicas} replicas in sync"
+        )
+    if batch_size % (replicas * grad_accum_steps):
+        raise ConfigError(
+            f"--batch_size={batch_size}: must be divisible by the {replicas} replicas in sync "
+            f"times --grad_accum_steps={grad_accum_steps}"
         )
 
 

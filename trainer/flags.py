@@ -13,6 +13,7 @@ from trainer.config import ConfigError, TrainConfig
 
 _DEFAULTS = TrainConfig()
 INTEGERS = tuple[int, ...]  # The type of fields given as comma-separated integers.
+NAMES = tuple[str, ...] | None  # ... and of comma-separated names, unset by default.
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -25,10 +26,12 @@ def define_flags(flag_values: flags.FlagValues) -> None:
             flags.DEFINE_bool(name, default, text, flag_values=flag_values)
         elif field.type is int:
             flags.DEFINE_integer(name, default, text, flag_values=flag_values)
-        elif field.type is float:
+        elif field.type in (float, float | None):
             flags.DEFINE_float(name, default, text, flag_values=flag_values)
         elif field.type == INTEGERS:
             flags.DEFINE_list(name, [str(v) for v in default], text, flag_values=flag_values)
+        elif field.type == NAMES:
+            flags.DEFINE_list(name, default, text, flag_values=flag_values)
         else:  # str, or str | None
             flags.DEFINE_string(name, default, text, flag_values=flag_values)
 
@@ -50,6 +53,8 @@ def config_from_flags(flag_values: flags.FlagValues) -> TrainConfig:
     for field in dataclasses.fields(TrainConfig):
         if field.type == INTEGERS:  # A comma-separated list on the command line.
             values[field.name] = _integers(field.name, values[field.name])
+        elif field.type == NAMES and values[field.name] is not None:
+            values[field.name] = tuple(values[field.name])
     if not flag_values["warmup_epochs"].present and values["warmup_epochs"] >= values["epochs"]:
         # A short run with the default warm-up: warm up for a tenth of it. A warm-up the user
         # set that is not shorter than the run stays an error (TrainConfig.validate).

@@ -75,7 +75,7 @@ def _train_and_evaluate(
 
     # Input pipeline, on the run's data: the same on every worker and across resumptions.
     data = training_data.load(config, strategy, os.path.join(config.logdir, config.run_dir_name()))
-    inputs = Inputs(strategy, data, config.batch_size, config.seed)
+    inputs = Inputs(strategy, data, config.batch_size, config.seed, config.grad_accum_steps)
     steps_per_epoch = inputs.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
 
@@ -136,7 +136,7 @@ def _train_and_evaluate(
         raise stop_signals.stopped(step, total_steps)
 
     # Final test score and export.
-    test = state.evaluate(*inputs.eval_set("test"))
+    test = state.evaluate(*inputs.eval_set("test"), averaged=state.ema_model is not None)
     writer.write_scalars(step, {"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
     writer.close()
     # Every worker holds the same weights; this line lets a person (and a test) check it.
@@ -150,7 +150,7 @@ def _train_and_evaluate(
         skipped_windows=state.skipped_windows.numpy().tolist(),
     )
     if chief:
-        export_once(state.model, result.export_dir)
+        export_once(state.final_model, result.export_dir)  # The averages, with an EMA.
         files.write_result(run_dir, result)
     return result
 
@@ -263,12 +263,13 @@ def lock_run_dir(
 
 
 def check_not_finished(config: TrainConfig) -> None:
-    """Raises RunFinished if the run `config` names has its result.json (and was run with
-    these settings: others are an error, as for any resumption)."""
+    """Raises ConfigError if the run `config` names was started with other settings (before
+    its data is loaded, whose record would say less), and RunFinished if it has its
+    result.json."""
     run_dir = os.path.join(config.logdir, config.run_dir_name())
+    _check_same_settings(config, run_dir)
     result = files.read_result(run_dir)
     if result is not None:
-        _check_same_settings(config, run_dir)
         raise RunFinished(run_dir, result)
 
 

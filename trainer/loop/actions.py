@@ -39,6 +39,8 @@ class WriteTrainScalars(Action):
                 "perf/examples_per_sec": train["examples_per_sec"],
             },
         )
+        if "clip_rate" in train:  # --clip_global_norm: the fraction of steps clipped.
+            self.writer.write_scalars(step, {"optim/clip_rate": train["clip_rate"]})
         if "loss_scale" in train:  # mixed_float16's dynamic loss scaling.
             self.writer.write_scalars(
                 step,
@@ -78,7 +80,9 @@ class WriteHistograms(Action):
 
 
 class Evaluate(Action):
-    """Loss and accuracy on a whole eval split; adds them to the logs as `name`."""
+    """Loss and accuracy on a whole eval split; adds them to the logs as `name`. With a weight
+    EMA, of both the weights (`tag`/...) and their averages (`tag`_ema/...), and the logs get
+    the averages', which the run tests and exports."""
 
     def __init__(
         self,
@@ -94,10 +98,14 @@ class Evaluate(Action):
         self.dataset, self.num_batches, self.name, self.tag = dataset, num_batches, name, tag
 
     def __call__(self, step, logs):
-        logs[self.name] = self.state.evaluate(self.dataset, self.num_batches)
-        self.writer.write_scalars(
-            step, {f"{self.tag}/{key}": value for key, value in logs[self.name].items()}
-        )
+        tags = {self.tag: False}  # Tag: whether it is of the averages.
+        if self.state.ema_model:
+            tags[f"{self.tag}_ema"] = True
+        for tag, averaged in tags.items():
+            logs[self.name] = self.state.evaluate(self.dataset, self.num_batches, averaged)
+            self.writer.write_scalars(
+                step, {f"{tag}/{key}": value for key, value in logs[self.name].items()}
+            )
 
 
 class WriteMisclassified(Action):
@@ -109,7 +117,7 @@ class WriteMisclassified(Action):
     def __call__(self, step, logs):
         if not self.writer.is_chief:
             return
-        grid = misclassified_grid(self.state.model, self.split)
+        grid = misclassified_grid(self.state.final_model, self.split)
         if grid is not None:
             self.writer.write_images(step, {"eval/misclassified": grid})
 

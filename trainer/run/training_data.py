@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import logging
 
 from data import mnist
+from data.label_noise import with_label_noise
 from data.mnist import DataError
 from trainer.config import TrainConfig
 from trainer.distribution import workers
@@ -19,8 +20,9 @@ from trainer.run import files
 
 
 def load(config: TrainConfig, strategy: tf.distribute.Strategy, run_dir: str) -> mnist.Mnist:
-    """The data config asks for, checked against the run's record (if it has one) and
-    against the chief's: a collective, so every worker calls it at the same point."""
+    """The data config asks for (with --label_noise, its training labels flipped), checked
+    against the run's record (if it has one) and against the chief's: a collective, so every
+    worker calls it at the same point."""
     recorded = files.read_data(run_dir)
     source = config.data_source
     if source == "auto" and recorded:
@@ -28,7 +30,7 @@ def load(config: TrainConfig, strategy: tf.distribute.Strategy, run_dir: str) ->
         logging.info(
             "data_source=auto: the run in %s trained on %s MNIST; resuming on it", run_dir, source
         )
-    data = mnist.load(source, config.data_dir)
+    data = with_label_noise(mnist.load(source, config.data_dir), config.label_noise, config.seed)
     if recorded and recorded["fingerprint"] != data.fingerprint:
         raise DataError(
             f"--data_source={config.data_source}: the run in {run_dir} trained on "

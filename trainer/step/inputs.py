@@ -16,10 +16,15 @@ EVAL_SPLITS = ("validation", "test")
 
 class Inputs:
     def __init__(
-        self, strategy: tf.distribute.Strategy, data: mnist.Mnist, batch_size: int, seed: int
+        self,
+        strategy: tf.distribute.Strategy,
+        data: mnist.Mnist,
+        batch_size: int,
+        seed: int,
+        grad_accum_steps: int = 1,
     ):
         replicas = strategy.num_replicas_in_sync
-        check_batch_split(batch_size, replicas)
+        check_batch_split(batch_size, replicas, grad_accum_steps)
         self.steps_per_epoch = len(data.train) // batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from trainer.optimizers import Optimizer
 from trainer.step.metrics import ClassificationMetrics
+from trainer.step.sam import sam_gradients
 
 
 def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -21,17 +22,30 @@ def make_train_step(
     metrics: ClassificationMetrics,
     global_batch_size: int,
     jit_compile: bool = False,
+    accumulation_steps: int = 1,
+    sam_rho: float = 0.0,
+    sam_mode: str = "global",
 ):
     """Returns train_step(images, labels): one synchronous update, run on every replica.
 
     With `jit_compile`, XLA compiles the replica's forward and backward pass into one program,
     as Keras's `jit_compile` does; the sum across replicas and the update stay outside it (the
     optimizer compiles its update by itself).
+
+    With `accumulation_steps` K > 1, each replica splits its batch into K micro-batches and
+    sums their gradients one micro-batch at a time (a loop-carried sum in the replica, so only
+    one micro-batch's activations are alive and nothing crosses devices), then applies the sum
+    once: one all-reduce, one optimizer step. Every micro-batch's loss is a share of the mean
+    over the global batch, so the sum is the global batch's gradient, up to rounding.
+
+    With `sam_rho` > 0, the gradient applied is sharpness-aware minimization's (step/sam.py):
+    two passes over the replica's batch, each accumulated over its K micro-batches, the first
+    at w and the second at w + e; the metrics are the first pass's.
     """
 
-    def gradients(images, labels):
+    def gradients(images, labels, offsets=None):
         with tf.GradientTape() as tape:
-            logits = model(images)
+            logits = model(images, offsets)
             losses = per_example_loss(labels, logits)
             # Mean over the *global* batch: summed across replicas, it is the batch mean.
             loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
@@ -39,12 +53,39 @@ def make_train_step(
         return tape.gradient(loss, model.trainable_variables), logits, losses
 
     if jit_compile:
-        gradients = tf.function(gradients, jit_compile=True)
+        gradients = tf.function(gradients, jit_compile=True)  # Not the metrics' update.
+
+    def micro_batch_gradients(images, labels, offsets, measured):
+        grads, logits, losses = gradients(images, labels, offsets)
+        if measured:
+            metrics.update(labels, logits, losses)
+        return grads
+
+    def batch_gradients(images, labels, offsets=None, measured=True):
+        if accumulation_steps == 1:
+            return micro_batch_gradients(images, labels, offsets, measured)
+        micro_images = tf.reshape(images, [accumulation_steps, -1, *images.shape[1:]])
+        micro_labels = tf.reshape(labels, [accumulation_steps, -1])
+        summed = [tf.zeros_like(v) for v in model.trainable_variables]
+        for i in tf.range(accumulation_steps):
+            # One micro-batch at a time: that is the memory saved.
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+            grads = micro_batch_gradients(micro_images[i], micro_labels[i], offsets, measured)
+            summed = [total + grad for total, grad in zip(summed, grads)]
+        return summed
 
     def train_step(images, labels):
-        grads, logits, losses = gradients(images, labels)
+        if sam_rho:
+            unscale = 1.0 / optimizer.loss_scale if optimizer.loss_scaling else None
+            grads = sam_gradients(
+                lambda offsets: batch_gradients(images, labels, offsets, offsets is None),
+                sam_rho,
+                sam_mode,
+                unscale,
+            )
+        else:
+            grads = batch_gradients(images, labels)
         optimizer.apply_gradients(grads, model.trainable_variables)
-        metrics.update(labels, logits, losses)
 
     return train_step
 
