@@ -10,10 +10,12 @@ import statistics
 import time
 
 from trainer.convergence import notebook
-from trainer.convergence.suite import ConvergenceSuite, SuiteSettings
+from trainer.convergence.suite import NOTEBOOK_OPTIMIZERS, ConvergenceSuite, SuiteSettings
 
 
-def run(settings: SuiteSettings = SuiteSettings(), repeats: int = 5) -> dict:
+def run(
+    settings: SuiteSettings = SuiteSettings(optimizers=NOTEBOOK_OPTIMIZERS), repeats: int = 5
+) -> dict:
     """Seconds for the whole suite, eager and compiled, and the speed-up.
 
     The compiled suite's first call also builds its variables, traces and instantiates the

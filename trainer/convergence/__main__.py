@@ -1,16 +1,19 @@
 """Runs the seed notebook's optimizer convergence test, compiled, and prints its table.
 
-    python -m trainer.convergence                      # the notebook's 9 runs: ~1 s + start-up
+    python -m trainer.convergence                      # 15 runs: ~1 s + start-up
     python -m trainer.convergence --json=results.json  # also each run's outcome as JSON
     python -m trainer.convergence --init_val=-0.5 --learning_rates=0.01,0.1 --logdir=runs/c2
 
-Expect, with the defaults (the notebook's published table):
+Expect, with the defaults (the first three rows are the notebook's published table; AdamW and
+Lion, which it does not have, run with the settings suite.OPTIMIZER_SETTINGS gives them):
 
 | optimizer        | lr 0.001      | lr 0.01                    | lr 0.1                       |
 |------------------|---------------|----------------------------|------------------------------|
 | gradient descent | exceeded 2000 | exceeded 2000              | exploded at iteration 6      |
 | momentum         | exceeded 2000 | converged in 80 iterations | exploded at iteration 6      |
 | Adam             | exceeded 2000 | exceeded 2000              | converged in 1156 iterations |
+| AdamW            | exceeded 2000 | exceeded 2000              | exceeded 2000                |
+| Lion             | exceeded 2000 | exceeded 2000              | exceeded 2000                |
 
 TensorBoard (--logdir): x and the loss per iteration under <logdir>/<optimizer>@<lr>/, the
 pictures (also PNG files in <logdir>) and the table. Rerunning the same settings into a logdir
