@@ -3,6 +3,9 @@
     python -m trainer.bench                                   # every section
     python -m trainer.bench --sections=convergence --json=bench.json
     python -m trainer.bench --sections=throughput,distribution,ceiling,profile   # the quick ones
+    python -m trainer.bench --sections=optimizers    # each optimizer's sweep and seeds: ~1 h
+    python -m trainer.bench --sections=accumulation  # memory with --grad_accum_steps 1 and 8
+    python -m trainer.bench --sections=sam           # Adam and Adam+SAM, clean and noisy labels
 
 Each section is a function returning {measure: value}; add one to SECTIONS to extend the table.
 `memory` comes last so that its peak covers every section run before it. Stdout opens with the
@@ -22,8 +25,10 @@ from trainer.common import terminal  # isort: split
 
 from absl import app, flags, logging
 
+from trainer.bench import accumulation as bench_accumulation
 from trainer.bench import convergence as bench_convergence
 from trainer.bench import machine as bench_machine
+from trainer.bench import optimizers as bench_optimizers
 from trainer.bench import precision as bench_precision
 from trainer.bench import step_profile
 from trainer.bench import training as bench_training
@@ -45,6 +50,9 @@ SECTIONS = {
     "precision_ceiling": bench_precision.ceiling,
     "precision_accuracy": bench_precision.accuracy,
     "precision_allreduce": bench_precision.allreduce,
+    "optimizers": bench_optimizers.optimizers,
+    "sam": bench_optimizers.sam,
+    "accumulation": bench_accumulation.memory_and_speed,
     "memory": bench_training.memory,
 }
 

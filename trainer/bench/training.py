@@ -39,6 +39,7 @@ import tensorflow as tf
 from absl import logging
 
 from data import mnist
+from data.label_noise import with_label_noise
 from models.mlp import MLP
 from trainer import optimizers
 from trainer.config import TrainConfig
@@ -87,12 +88,13 @@ class OurTrainer:
     def __init__(self, strategy: tf.distribute.Strategy, config: TrainConfig):
         self.config = config
         self.replicas = strategy.num_replicas_in_sync
-        inputs = Inputs(strategy, _mnist(), config.batch_size, config.seed)
+        data = with_label_noise(_mnist(), config.label_noise, config.seed)  # As the trainer.
+        inputs = Inputs(strategy, data, config.batch_size, config.seed, config.grad_accum_steps)
         self.steps_per_epoch = inputs.steps_per_epoch
         self.work = self.steps_per_epoch * config.batch_size  # Examples per run().
         self.state = build_train_state(strategy, config, self.steps_per_epoch)
         self.batches = inputs.train_batches()
-        self.test_set = inputs.eval_set("test")
+        self.inputs = inputs
 
     def run(self) -> float:
         """Trains one epoch in calls of steps_per_loop steps, as the trainer does; seconds."""
@@ -103,8 +105,13 @@ class OurTrainer:
             )
         return time.perf_counter() - start
 
+    def accuracy(self, split: str) -> float:
+        """Of the weights the trainer tests and exports: with --ema_decay, their averages."""
+        averaged = self.state.ema_model is not None
+        return self.state.evaluate(*self.inputs.eval_set(split), averaged=averaged)["accuracy"]
+
     def test_accuracy(self) -> float:
-        return self.state.evaluate(*self.test_set)["accuracy"]
+        return self.accuracy("test")
 
 
 class _EpochTimer(tf.keras.callbacks.Callback):
