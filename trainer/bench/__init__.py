@@ -7,5 +7,7 @@ precision.py     --precision and --jit_compile: speed against Keras in float32 a
                  peak, and the accuracy each precision reaches
 step_profile.py  where a step's time goes, read from a profiler trace
 convergence.py   the compiled convergence suite against the notebook's eager loop
-machine.py       the machine they ran on: CPU, instruction sets, TensorFlow and oneDNN
+
+The machine they ran on (CPU, instruction sets, TensorFlow and oneDNN) is described by
+trainer/common/machine.py, which the trainer reads too.
 """

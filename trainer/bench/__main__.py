@@ -9,10 +9,10 @@
 
 Each section is a function returning {measure: value}; add one to SECTIONS to extend the table.
 `memory` comes last so that its peak covers every section run before it. Stdout opens with the
-machine's line (machine.py) and ends with the table; meanwhile log lines on stderr say which
-section and which round of its measurement is under way. The JSON file holds the date, the git
-commit, the machine's record and the measurements: {"date", "git_commit", "machine",
-"measurements": {section: {measure: value}}}.
+machine's line (trainer/common/machine.py) and ends with the table; meanwhile log lines on
+stderr say which section and which round of its measurement is under way. The JSON file holds
+the date, the git commit, the machine's record and the measurements: {"date", "git_commit",
+"machine", "measurements": {section: {measure: value}}}.
 """
 
 import datetime
@@ -27,12 +27,12 @@ from absl import app, flags, logging
 
 from trainer.bench import accumulation as bench_accumulation
 from trainer.bench import convergence as bench_convergence
-from trainer.bench import machine as bench_machine
 from trainer.bench import optimizers as bench_optimizers
 from trainer.bench import precision as bench_precision
 from trainer.bench import step_profile
 from trainer.bench import training as bench_training
 from trainer.common import ctrl_c
+from trainer.common import machine as machine_description
 from trainer.common.tables import markdown_table
 from trainer.distribution import strategies
 from trainer.loop.exiting import exit_promptly
@@ -86,7 +86,7 @@ def main(argv):
     # As the run starts: the code it runs is what was checked out then.
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     commit = git_commit()
-    machine = bench_machine.describe()
+    machine = machine_description.describe()
     print(f"machine: {machine.line()}", flush=True)
     measurements = {}
     with ctrl_c.ends_at_once():  # Even inside a long compiled measurement.

@@ -1,2 +1,2 @@
 """What the trainer, the suite, the benchmarks and launch/ share: the terminal, exit codes,
-errors, tables and the repository's own path."""
+errors, tables, the machine they run on and the repository's own path."""

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.toolkit import run_module
-from trainer.bench import machine
+from trainer.common import machine
 
 # What /proc/cpuinfo says on each kind of machine we run on, cut to the lines that matter
 # (each processor's block; the real flags lines are longer still).

@@ -1,4 +1,5 @@
-"""The machine a benchmark runs on: one line for the terminal, one record for its JSON.
+"""The machine a program runs on: one line for the terminal, one record for a benchmark's JSON,
+and what the trainer reads to fit its step to it (trainer/step/machine_fit.py).
 
     AMD EPYC (AuthenticAMD family 25 model 17), 2 cores (2 physical), AVX2 AVX-512
     AVX512_BF16, no AMX; TensorFlow 2.21.0, oneDNN on, bfloat16 through oneDNN; no GPU
@@ -51,6 +52,13 @@ class Cpu:
     # {name in INSTRUCTION_SETS: present}; None when the flags could not be read.
     instruction_sets: dict[str, bool] | None = None
     amx: tuple[str, ...] = ()  # Every amx_* flag, for the AMX parts a CPU has.
+
+    @property
+    def native_bfloat16(self) -> bool | None:
+        """Whether the CPU computes in bfloat16 itself (AVX512_BF16 or AMX); None: unknown."""
+        if self.instruction_sets is None:
+            return None
+        return self.instruction_sets["AVX512_BF16"] or self.instruction_sets["AMX"]
 
 
 def parse_cpuinfo(text: str) -> Cpu:
