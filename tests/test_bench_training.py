@@ -10,6 +10,7 @@ from trainer import optimizers
 from trainer.bench import training as bench_training
 from trainer.config import TrainConfig
 from trainer.distribution import strategies
+from trainer.step.machine_fit import uses_xla
 
 pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
@@ -82,3 +83,28 @@ def test_a_fixed_batch_loop_trains_as_many_examples_as_an_epoch(optimizer, monke
     yardstick.run()
     assert int(loop_optimizer.iterations) == 1 + 50  # run() is an epoch's 50 steps.
     assert float(yardstick.loop(tf.constant(1))) < first  # 51 steps on one batch fit it.
+
+
+def test_throughput_sets_the_default_against_the_other_jit_compile(monkeypatch):
+    monkeypatch.setattr(bench_training, "BATCH_SIZES", (1000,))
+    monkeypatch.setattr(bench_training, "KERAS_STEPS_PER_EXECUTION", (1,))
+    monkeypatch.setattr(
+        bench_training,
+        "bench_config",
+        lambda batch_size, **settings: dataclasses.replace(SMALL, **settings),
+    )
+    measure = bench_training.measure
+    monkeypatch.setattr(
+        bench_training, "measure", lambda workloads, label: measure(workloads, 1, label)
+    )
+    bench_training.cached_trainer.cache_clear()  # Its trainers are the real, bigger model.
+    try:
+        results = bench_training.throughput()
+    finally:
+        bench_training.cached_trainer.cache_clear()
+    chose = "true" if uses_xla("auto") else "false"
+    other = "false" if chose == "true" else "true"
+    assert results["b1000_ours_jit_compile_auto_chose"] == chose
+    assert results[f"b1000_ours_over_jit_compile_{other}"] > 0
+    assert results["b1000_ours_examples_per_s"] > 0
+    assert isinstance(results["goal_default_within_3%_of_other_jit_compile"], bool)

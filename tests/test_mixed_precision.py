@@ -30,6 +30,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.distribution import strategies
 from trainer.optimizers.base import INITIAL_LOSS_SCALE
 from trainer.recipe import train_and_evaluate
+from trainer.step.machine_fit import uses_xla
 
 pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
@@ -162,9 +163,12 @@ def test_the_model_computes_in_the_low_dtype_over_float32_weights(precision, dty
     assert matmul_dtypes == {dtype}
 
 
+OTHER_JIT_COMPILE = "false" if uses_xla("auto") else "true"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A tiny run in each precision (and float32 with the XLA-compiled step)."""
+    """A tiny run in each precision (and float32 with the step compiled the other way)."""
     logdir = str(tmp_path_factory.mktemp("precision"))
     return {
         name: train_and_evaluate(dataclasses.replace(TINY, logdir=logdir, **settings))
@@ -173,7 +177,8 @@ def runs(tmp_path_factory):
             "mixed_bfloat16": {"precision": "mixed_bfloat16"},
             "mixed_float16": {"precision": "mixed_float16"},
             # A run name of its own: it would name the float32 run, finished by then.
-            "jit_compile": {"jit_compile": True, "run_name": "jit"},
+            # The other way of computing than the default's (--jit_compile=auto) on this machine.
+            "jit_compile": {"jit_compile": OTHER_JIT_COMPILE, "run_name": "jit"},
         }.items()
     }
 
@@ -185,7 +190,7 @@ def test_every_precision_learns_and_names_its_run(runs):
     assert os.path.basename(runs["mixed_bfloat16"].run_dir).endswith("_bf16")
     assert os.path.basename(runs["mixed_float16"].run_dir).endswith("_fp16")
     # The same computation, so the same run name unless told another.
-    assert dataclasses.replace(TINY, jit_compile=True).run_dir_name() == TINY.run_dir_name()
+    assert dataclasses.replace(TINY, jit_compile="true").run_dir_name() == TINY.run_dir_name()
 
 
 def test_loss_scaling_is_logged_and_checkpointed(runs):
@@ -217,7 +222,14 @@ def test_the_export_serves_float32_probabilities_whatever_the_precision(runs, pr
     assert (probabilities.numpy().argmax(axis=1) == test.labels[:256]).mean() > 0.9
 
 
-def test_the_xla_compiled_step_takes_the_same_steps(runs):
+def test_flags_txt_records_what_jit_compile_auto_chose(runs):
+    chose = "false" if OTHER_JIT_COMPILE == "true" else "true"
+    for name, jit_compile in {"float32": chose, "jit_compile": OTHER_JIT_COMPILE}.items():
+        with open(os.path.join(runs[name].run_dir, "flags.txt")) as f:
+            assert f"\n--jit_compile={jit_compile}\n" in f.read()
+
+
+def test_with_or_without_xla_the_step_takes_the_same_steps(runs):
     want, got = (
         checkpoint_tensors(checkpoint_path(runs[name].run_dir, 200))
         for name in ("float32", "jit_compile")

@@ -28,6 +28,7 @@ SET_HERE = {"strategy": "the launcher"}
             "--optimizer=sgd: value should be one of <adam|adamw|gd|lion|momentum|muon>",
         ),
         (["--deterministic=maybe"], None, "--deterministic=maybe: ('Non-boolean argument"),
+        (["--jit_compile=maybe"], None, "--jit_compile=maybe: must be one of auto, true, false"),
         (["--hidden_sizes=700,x"], None, "--hidden_sizes=700,x: must be comma-separated integers"),
         (
             ["--epochs=2", "--warmup_epochs=2"],
@@ -65,3 +66,21 @@ def test_the_config_is_the_one_the_trainer_would_build(tmp_path):
     assert config == TrainConfig(
         optimizer="momentum", epochs=1, hidden_sizes=(64,), warmup_epochs=0.1
     )
+
+
+@pytest.mark.parametrize(
+    "args, jit_compile",
+    [
+        ([], "auto"),  # Chosen from the machine as the run starts (trainer/step/machine_fit.py).
+        (["--jit_compile"], "true"),  # As when it was a boolean flag.
+        (["--nojit_compile"], "false"),
+        (["--jit_compile=auto"], "auto"),
+        (["--jit_compile=True"], "true"),  # How flags.txt of an older run spells it.
+        (["--jit_compile=0"], "false"),
+    ],
+)
+def test_jit_compile_is_a_switch_that_also_takes_auto(args, jit_compile):
+    config = trainer_config(args)
+    assert config.jit_compile == jit_compile
+    assert f"--jit_compile={jit_compile}\n" in config.flagfile()  # Read back the same.
+    assert trainer_config([f"--jit_compile={jit_compile}"]) == config

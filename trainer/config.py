@@ -15,6 +15,7 @@ from trainer import optimizers
 from trainer.common.errors import OneLineError
 from trainer.distribution.strategies import STRATEGIES
 from trainer.optimizers import OPTIMIZERS, SCHEDULES
+from trainer.step.machine_fit import JIT_COMPILE_CHOICES
 from trainer.step.sam import SAM_MODES
 
 # Keras's policy names. Mixed: float32 variables and optimizer state, compute in the other dtype.
@@ -171,10 +172,13 @@ class TrainConfig:
         "scaling).",
         PRECISIONS,
     )
-    jit_compile: bool = setting(
-        False,
+    jit_compile: str = setting(
+        "auto",
         "Compile each replica's forward and backward pass with XLA, as Keras's jit_compile "
-        "does (pays on GPUs; slower on some CPUs, see docs/performance.md).",
+        "does: true, false, or auto: chosen from the machine (XLA on GPUs and on CPUs without "
+        "oneDNN's fused kernels, such as AVX2-only ones; see docs/performance.md), logged, and "
+        "kept in flags.txt for a resumption.",
+        JIT_COMPILE_CHOICES,
     )
     nonfinite_retries: int = setting(
         0,
@@ -230,6 +234,11 @@ class TrainConfig:
         need(self.steps_per_loop >= 1, "steps_per_loop", "must be at least 1")
         need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
         need(self.data_source in SOURCES, "data_source", f"must be one of {', '.join(SOURCES)}")
+        need(
+            self.jit_compile in JIT_COMPILE_CHOICES,
+            "jit_compile",
+            f"must be one of {', '.join(JIT_COMPILE_CHOICES)}",
+        )
         need(self.max_checkpoints >= 1, "max_checkpoints", "must be at least 1")
         need(
             self.checkpoint_every_steps >= 0,
@@ -346,11 +355,7 @@ class TrainConfig:
 
     def check_resumable(self, flagfile_text: str, path: str) -> None:
         """Raises ConfigError if a run started with `flagfile_text` computes something else."""
-        started = dict(
-            line[2:].split("=", 1)
-            for line in flagfile_text.splitlines()
-            if line.startswith("--") and "=" in line
-        )
+        started = flagfile_values(flagfile_text)
         current = self.as_flags(RESULT_FIELDS)
         for name in RESULT_FIELDS:
             value = current.get(name, "unset")
@@ -360,6 +365,15 @@ class TrainConfig:
                     f"--{name}={started[name]} ({path}); resume it with the same settings or "
                     "choose another --run_name or --logdir"
                 )
+
+
+def flagfile_values(flagfile_text: str) -> dict[str, str]:
+    """{flag name: value} of the `--name=value` lines of a flagfile (flags.txt)."""
+    return dict(
+        line[2:].split("=", 1)
+        for line in flagfile_text.splitlines()
+        if line.startswith("--") and "=" in line
+    )
 
 
 def check_batch_split(batch_size: int, replicas: int, grad_accum_steps: int = 1) -> None:

@@ -20,7 +20,10 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     """Defines one flag per TrainConfig field on `flag_values`: its default, help and values."""
     for field in dataclasses.fields(TrainConfig):
         name, default, text = field.name, field.default, field.metadata["help"]
-        if choices := field.metadata["choices"]:
+        choices = field.metadata["choices"]
+        if choices and {"true", "false"} <= set(choices):  # A boolean with "auto" beside it.
+            flags.DEFINE_flag(_Switch(name, default, text, choices), flag_values=flag_values)
+        elif choices:
             flags.DEFINE_enum(name, default, list(choices), text, flag_values=flag_values)
         elif field.type is bool:
             flags.DEFINE_bool(name, default, text, flag_values=flag_values)
@@ -34,6 +37,43 @@ def define_flags(flag_values: flags.FlagValues) -> None:
             flags.DEFINE_list(name, default, text, flag_values=flag_values)
         else:  # str, or str | None
             flags.DEFINE_string(name, default, text, flag_values=flag_values)
+
+
+class _Switch(flags.Flag):
+    """A boolean flag that also takes other words ("auto"): `--name`, `--noname`, `--name=true`
+    (or 1/0, yes/no) as for any boolean flag, and `--name=auto`."""
+
+    def __init__(self, name, default, text, choices):
+        super().__init__(
+            _SwitchParser(choices), flags.ArgumentSerializer(), name, default, text, boolean=True
+        )
+
+    def _serialize(self, value):
+        return f"--{self.name}={value}"  # Not absl's --name/--noname, which has no "auto".
+
+
+class _SwitchParser(flags.ArgumentParser):
+    _SPELLINGS = {
+        "1": "true",
+        "yes": "true",
+        "t": "true",
+        "0": "false",
+        "no": "false",
+        "f": "false",
+    }
+
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+
+    def parse(self, argument):
+        value = str(argument).lower()
+        value = self._SPELLINGS.get(value, value)
+        if value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}")
+        return value
+
+    def flag_type(self):
+        return " | ".join(self.choices)
 
 
 def _integers(flag: str, values: list[str]) -> tuple[int, ...]:

@@ -14,7 +14,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import ConfigError, TrainConfig
+from trainer.common import machine as machine_description
+from trainer.config import ConfigError, TrainConfig, flagfile_values
 from trainer.distribution import strategies, workers
 from trainer.loop import actions, preemption
 from trainer.loop.controller import Controller
@@ -23,6 +24,7 @@ from trainer.reporting.tensorboard import MetricsWriter
 from trainer.run import files, lock, training_data
 from trainer.run.checkpoints import RunCheckpoints
 from trainer.run.export import export
+from trainer.step import machine_fit
 from trainer.step.inputs import Inputs
 from trainer.step.state import DivergenceError, TrainState, build_train_state
 
@@ -72,6 +74,7 @@ def _train_and_evaluate(
 ) -> TrainResult:
     chief = workers.is_chief(strategy)  # Only the chief writes files of the run.
     logging.info("%s", workers.describe(strategy))
+    config = fit_to_machine(config, strategy)  # flags.txt records what it chose.
 
     # Input pipeline, on the run's data: the same on every worker and across resumptions.
     data = training_data.load(config, strategy, os.path.join(config.logdir, config.run_dir_name()))
@@ -274,10 +277,33 @@ def check_not_finished(config: TrainConfig) -> None:
 
 
 def _check_same_settings(config: TrainConfig, run_dir: str) -> None:
-    flags_path = os.path.join(run_dir, files.FLAGS_FILE)
-    if os.path.exists(flags_path):  # A resumption.
-        with open(flags_path) as f:
-            config.check_resumable(f.read(), flags_path)
+    started = files.read_flags(run_dir)
+    if started is not None:  # A resumption.
+        config.check_resumable(started, os.path.join(run_dir, files.FLAGS_FILE))
+
+
+def fit_to_machine(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainConfig:
+    """The config with --jit_compile=auto decided: as the run started, on a resumption, else
+    from this machine; the chief's choice on every worker (a collective). Warns where
+    mixed_bfloat16 is slow."""
+    machine = machine_description.describe()
+    machine_fit.warn_if_bfloat16_is_slow(config.precision, machine)
+    if config.jit_compile != "auto":
+        return config
+    run_dir = os.path.join(config.logdir, config.run_dir_name())
+    started = flagfile_values(files.read_flags(run_dir) or "").get("jit_compile", "").lower()
+    if started in ("true", "false"):
+        xla, why = started == "true", f"the run in {run_dir} started with it"
+    else:
+        xla, why = machine_fit.choose_jit_compile(machine)
+    if workers.chief_value(strategy, int(xla)) != xla:
+        xla, why = not xla, "the chief's choice, for the whole job"
+    logging.info(
+        "--jit_compile=auto: %s (%s)",
+        "XLA compiles forward and backward" if xla else "no XLA for forward and backward",
+        why,
+    )
+    return dataclasses.replace(config, jit_compile="true" if xla else "false")
 
 
 def weights_fingerprint(model: tf.Module) -> str:

@@ -61,10 +61,10 @@ def throughput() -> dict:
     results = {}
     for batch_size in BATCH_SIZES:
         ours = {
-            f"ours_{precision}{'_jit' * jit}": cached_trainer(
+            f"ours_{precision}{'_jit' * (jit == 'true')}": cached_trainer(
                 "one_device", 1, batch_size, precision, jit
             )
-            for jit in (False, True)
+            for jit in ("false", "true")
             for precision in PRECISIONS
         }
         keras = {

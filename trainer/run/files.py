@@ -56,6 +56,15 @@ def write_flags(run_dir: str, flagfile: str) -> str:
     )
 
 
+def read_flags(run_dir: str) -> str | None:
+    """The text of the run's flags.txt, or None for a run that has not started."""
+    try:
+        with open(os.path.join(run_dir, FLAGS_FILE)) as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def write_result(run_dir: str, result) -> str:
     """Writes a dataclass result as JSON."""
     return _write_json(

@@ -16,6 +16,7 @@ from models.mlp import MLP
 from trainer import optimizers
 from trainer.common.errors import OneLineError
 from trainer.config import TrainConfig
+from trainer.step.machine_fit import uses_xla
 from trainer.step.metrics import ClassificationMetrics
 from trainer.step.steps import compile_loop, make_eval_step, make_train_step
 
@@ -221,7 +222,7 @@ def build_train_state(
                 optimizer,
                 train_metrics,
                 config.batch_size,
-                config.jit_compile,
+                uses_xla(config.jit_compile),
                 config.grad_accum_steps,
                 config.sam_rho,
                 config.sam_mode,

@@ -1,0 +1,54 @@
+"""How the step fits the machine it runs on: whether XLA compiles the forward and backward pass
+(`--jit_compile=auto`), and whether bfloat16 pays.
+
+The rule for XLA follows what `make bench` measured (docs/performance.md, "XLA or not"):
+
+- with TensorFlow's oneDNN custom operations on, a CPU runs the MLP's layers as oneDNN's fused
+  matmul, bias and ReLU kernels, and XLA's own code for the same pass is slower. TensorFlow
+  turns them on by itself only on a CPU with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX;
+- without them (an AVX2-only CPU, or TF_ENABLE_ONEDNN_OPTS=0), op-by-op kernels are Eigen's
+  and XLA's fused pass is faster;
+- on a GPU, XLA: it fuses the many small kernels of a step that lasts microseconds, which is
+  why Keras's own jit_compile="auto" turns it on there. We cannot measure a GPU here; the rule
+  is the same code on every machine and is tested on each kind of description.
+
+The choice only changes float rounding, never what a run computes (tests/test_mixed_precision.py
+compares the two), so it does not name the run; the trainer records it in flags.txt all the
+same, so that a resumed run rounds as it started.
+"""
+
+from absl import logging
+
+from trainer.common import machine as machine_description
+
+JIT_COMPILE_CHOICES = ("auto", "true", "false")
+
+
+def choose_jit_compile(machine: machine_description.Machine) -> tuple[bool, str]:
+    """(whether XLA compiles each replica's forward and backward pass, why), for `machine`."""
+    if machine.gpus:
+        return True, f"a GPU ({machine.gpus[0]}): XLA fuses the step's many small kernels"
+    if machine.onednn:
+        return False, "oneDNN's fused CPU kernels are on, and faster than XLA's pass"
+    if machine.onednn is None:
+        return False, "TensorFlow does not say whether oneDNN is on; TensorFlow's default kept"
+    return True, "oneDNN's fused CPU kernels are off on this CPU, and XLA's pass is faster"
+
+
+def uses_xla(jit_compile: str) -> bool:
+    """`--jit_compile` as the step takes it: "auto" is decided from this machine."""
+    if jit_compile == "auto":
+        return choose_jit_compile(machine_description.describe())[0]
+    return jit_compile == "true"
+
+
+def warn_if_bfloat16_is_slow(precision: str, machine: machine_description.Machine) -> None:
+    """One warning line when mixed_bfloat16 runs on a CPU that cannot compute in bfloat16."""
+    if precision != "mixed_bfloat16" or machine.gpus or machine.cpu.native_bfloat16 is not False:
+        return
+    logging.warning(
+        "--precision=mixed_bfloat16: this CPU (%s) has neither AVX512_BF16 nor AMX, so bfloat16 "
+        "is widened to float32 and back in every op: slower than --precision=float32 here "
+        "(docs/performance.md)",
+        machine.cpu.model,
+    )
