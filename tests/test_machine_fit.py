@@ -95,3 +95,24 @@ def test_a_resumed_run_keeps_the_choice_it_started_with(tmp_path, strategy, star
     run_dir.mkdir()
     (run_dir / "flags.txt").write_text(f"# git commit abc\n--epochs=10\n--jit_compile={started}\n")
     assert recipe.fit_to_machine(config, strategy).jit_compile == started.lower()
+
+
+def test_bfloat16_that_would_abort_the_process_is_refused_in_one_line():
+    capped = dataclasses.replace(
+        described(SAPPHIRE_RAPIDS, onednn=True),
+        onednn_bfloat16=True,  # TensorFlow's own CPUID check: AVX-512 here.
+        environment={"ONEDNN_MAX_CPU_ISA": "avx2"},
+    )
+    with pytest.raises(machine_fit.MachineMismatch) as error:
+        machine_fit.check_bfloat16_can_run("mixed_bfloat16", capped)
+    assert str(error.value).startswith(
+        "--precision=mixed_bfloat16: ONEDNN_MAX_CPU_ISA=AVX2 leaves oneDNN no bfloat16 kernel"
+    )
+    assert "\n" not in str(error.value)
+    machine_fit.check_bfloat16_can_run("float32", capped)
+    # With TF_ENABLE_ONEDNN_OPTS=0 as well, bfloat16 goes to Eigen: slow, but it runs.
+    eigen = dataclasses.replace(capped, onednn=False, onednn_bfloat16=None)
+    machine_fit.check_bfloat16_can_run("mixed_bfloat16", eigen)
+    # A cap that keeps bfloat16 kernels.
+    amx = dataclasses.replace(capped, environment={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    machine_fit.check_bfloat16_can_run("mixed_bfloat16", amx)

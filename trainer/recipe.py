@@ -284,9 +284,10 @@ def _check_same_settings(config: TrainConfig, run_dir: str) -> None:
 
 def fit_to_machine(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainConfig:
     """The config with --jit_compile=auto decided: as the run started, on a resumption, else
-    from this machine; the chief's choice on every worker (a collective). Warns where
-    mixed_bfloat16 is slow."""
+    from this machine; the chief's choice on every worker (a collective). Refuses
+    mixed_bfloat16 where it would abort, and warns where it is slow."""
     machine = machine_description.describe()
+    machine_fit.check_bfloat16_can_run(config.precision, machine)
     machine_fit.warn_if_bfloat16_is_slow(config.precision, machine)
     if config.jit_compile != "auto":
         return config

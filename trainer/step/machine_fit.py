@@ -20,8 +20,15 @@ same, so that a resumed run rounds as it started.
 from absl import logging
 
 from trainer.common import machine as machine_description
+from trainer.common.errors import OneLineError
 
 JIT_COMPILE_CHOICES = ("auto", "true", "false")
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) below its first one with bfloat16 kernels.
+ISA_CAPS_WITHOUT_BFLOAT16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+class MachineMismatch(OneLineError):
+    """Settings this machine, as configured, cannot run."""
 
 
 def choose_jit_compile(machine: machine_description.Machine) -> tuple[bool, str]:
@@ -52,3 +59,21 @@ def warn_if_bfloat16_is_slow(precision: str, machine: machine_description.Machin
         "(docs/performance.md)",
         machine.cpu.model,
     )
+
+
+def check_bfloat16_can_run(precision: str, machine: machine_description.Machine) -> None:
+    """Raises MachineMismatch where mixed_bfloat16 would abort the process at its first step:
+    TensorFlow hands bfloat16 ops to oneDNN by its own CPUID check, and ONEDNN_MAX_CPU_ISA
+    caps oneDNN below any bfloat16 kernel."""
+    cap = machine.environment.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if (
+        precision == "mixed_bfloat16"
+        and machine.onednn_bfloat16
+        and cap in ISA_CAPS_WITHOUT_BFLOAT16
+    ):
+        raise MachineMismatch(
+            f"--precision=mixed_bfloat16: ONEDNN_MAX_CPU_ISA={cap} leaves oneDNN no bfloat16 "
+            "kernel, yet TensorFlow hands it bfloat16 ops on this CPU, so the first step would "
+            "abort the process; unset it, set TF_ENABLE_ONEDNN_OPTS=0 as well, or train in "
+            "--precision=float32"
+        )
