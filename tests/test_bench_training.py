@@ -85,7 +85,9 @@ def test_a_fixed_batch_loop_trains_as_many_examples_as_an_epoch(optimizer, monke
     assert float(yardstick.loop(tf.constant(1))) < first  # 51 steps on one batch fit it.
 
 
-def test_throughput_sets_the_default_against_the_other_jit_compile(monkeypatch):
+@pytest.fixture
+def small_sections(monkeypatch):
+    """The sections at one batch size of SMALL, with one round of each measurement."""
     monkeypatch.setattr(bench_training, "BATCH_SIZES", (1000,))
     monkeypatch.setattr(bench_training, "KERAS_STEPS_PER_EXECUTION", (1,))
     monkeypatch.setattr(
@@ -98,10 +100,20 @@ def test_throughput_sets_the_default_against_the_other_jit_compile(monkeypatch):
         bench_training, "measure", lambda workloads, label: measure(workloads, 1, label)
     )
     bench_training.cached_trainer.cache_clear()  # Its trainers are the real, bigger model.
-    try:
-        results = bench_training.throughput()
-    finally:
-        bench_training.cached_trainer.cache_clear()
+    yield bench_training
+    bench_training.cached_trainer.cache_clear()
+
+
+def test_ceiling_sets_ours_against_the_matmul_chain_at_each_batch(small_sections):
+    results = small_sections.ceiling()
+    achieved = results["b1000_ours_examples_per_s"] * results["mflop_per_example"] / 1e3
+    assert results["b1000_ours_gflop_per_s"] == pytest.approx(achieved, rel=1e-3)
+    assert results["b1000_matmul2048_gflop_per_s"] > 0 and results["b1000_ours_over_matmul"] > 0
+    assert isinstance(results["goal_b1000_ours_over_matmul_ge_0.5"], bool)
+
+
+def test_throughput_sets_the_default_against_the_other_jit_compile(small_sections):
+    results = small_sections.throughput()
     chose = "true" if uses_xla("auto") else "false"
     other = "false" if chose == "true" else "true"
     assert results["b1000_ours_jit_compile_auto_chose"] == chose

@@ -57,7 +57,8 @@ MATMUL_SIZE = 2048
 TARGET_ACCURACY = 0.985
 # The goals the step is held to, reported beside the measurements (never tuned for).
 GOAL_OURS_OVER_KERAS = 1.5
-GOAL_ACHIEVED_OVER_CEILING = 0.75
+# Of the matmul chain's rate, by BATCH_SIZES: at 128 a step is more than its matmuls.
+GOALS_OURS_OVER_MATMUL = (0.5, 0.75)
 GOAL_REPLICAS_OVER_ONE = 0.9
 # The default (--jit_compile=auto) no slower than this fraction below the other choice.
 GOAL_DEFAULT_SHORTFALL = 0.03
@@ -381,25 +382,26 @@ def distribution() -> dict:
 
 
 def ceiling() -> dict:
-    """Our MLP's FLOP rate at the largest batch against a matmul chain on the same device."""
-    batch_size = BATCH_SIZES[-1]
-    ours = cached_trainer("one_device", 1, batch_size)
+    """Our MLP's FLOP rate at each batch size against a matmul chain on the same device."""
     device = strategies.create_strategy("one_device").extended.worker_devices[0]
-    rates = measure(
-        {"matmul": MatmulChain(device), "ours": ours}, label=f"[ceiling] batch {batch_size}"
-    )
-    achieved = rates.median("ours") * flops_per_example()
-    over_matmul = rates.ratio("ours", "matmul") * flops_per_example()
-    b = f"b{batch_size}_"
-    return {
-        f"matmul{MATMUL_SIZE}_gflop_per_s": rates.median("matmul") / 1e9,
-        "mflop_per_example": flops_per_example() / 1e6,
-        b + "ours_examples_per_s": round(rates.median("ours")),
-        b + "ours_gflop_per_s": achieved / 1e9,
-        b + "ours_over_matmul": over_matmul,
-        f"goal_ours_over_matmul_ge_{GOAL_ACHIEVED_OVER_CEILING}": over_matmul
-        >= GOAL_ACHIEVED_OVER_CEILING,
-    }
+    chain = MatmulChain(device)
+    results = {}
+    for batch_size in BATCH_SIZES:
+        rates = measure(
+            {"matmul": chain, "ours": cached_trainer("one_device", 1, batch_size)},
+            label=f"[ceiling] batch {batch_size}",
+        )
+        b = f"b{batch_size}_"
+        results[b + f"matmul{MATMUL_SIZE}_gflop_per_s"] = rates.median("matmul") / 1e9
+        results[b + "ours_examples_per_s"] = round(rates.median("ours"))
+        results[b + "ours_gflop_per_s"] = rates.median("ours") * flops_per_example() / 1e9
+        results[b + "ours_over_matmul"] = rates.ratio("ours", "matmul") * flops_per_example()
+    results["mflop_per_example"] = flops_per_example() / 1e6
+    for batch_size, goal in zip(BATCH_SIZES, GOALS_OURS_OVER_MATMUL):
+        results[f"goal_b{batch_size}_ours_over_matmul_ge_{goal}"] = (
+            results[f"b{batch_size}_ours_over_matmul"] >= goal
+        )
+    return results
 
 
 def memory(epochs: int = 5) -> dict:
