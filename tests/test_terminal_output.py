@@ -26,7 +26,7 @@ TINY_RUN = [
 ]
 # What TensorFlow's libraries print on a plain run when nothing keeps them quiet.
 CHATTER = [
-    "oneDNN",
+    "oneDNN custom operations",  # TensorFlow's line; ours may name oneDNN too.
     "cpu_feature_guard",
     "cudart_stub",
     "cuda_platform",
