@@ -41,7 +41,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 class _Switch(flags.Flag):
     """A boolean flag that also takes other words ("auto"): `--name`, `--noname`, `--name=true`
-    (or 1/0, yes/no) as for any boolean flag, and `--name=auto`."""
+    (or 1/0) as for any boolean flag, and `--name=auto`."""
 
     def __init__(self, name, default, text, choices):
         super().__init__(
@@ -53,24 +53,16 @@ class _Switch(flags.Flag):
 
 
 class _SwitchParser(flags.ArgumentParser):
-    _SPELLINGS = {
-        "1": "true",
-        "yes": "true",
-        "t": "true",
-        "0": "false",
-        "no": "false",
-        "f": "false",
-    }
-
     def __init__(self, choices):
         self.choices = tuple(choices)
 
     def parse(self, argument):
-        value = str(argument).lower()
-        value = self._SPELLINGS.get(value, value)
-        if value not in self.choices:
-            raise ValueError(f"must be one of {', '.join(self.choices)}")
-        return value
+        if str(argument).lower() in self.choices:
+            return str(argument).lower()
+        try:  # absl's own spellings of a boolean: 1/0, t/f, True/False.
+            return "true" if flags.BooleanParser().parse(argument) else "false"
+        except ValueError:
+            raise ValueError(f"must be one of {', '.join(self.choices)}") from None
 
     def flag_type(self):
         return " | ".join(self.choices)
