@@ -382,20 +382,27 @@ def distribution() -> dict:
 
 
 def ceiling() -> dict:
-    """Our MLP's FLOP rate at each batch size against a matmul chain on the same device."""
+    """Our MLP's FLOP rate at each batch size against a matmul chain on the same device, and
+    the fixed-batch Adam loop's: what the model's own matmuls and update allow, which bounds
+    what any input pipeline or bookkeeping can reach."""
     device = strategies.create_strategy("one_device").extended.worker_devices[0]
     chain = MatmulChain(device)
     results = {}
     for batch_size in BATCH_SIZES:
         rates = measure(
-            {"matmul": chain, "ours": cached_trainer("one_device", 1, batch_size)},
+            {
+                "matmul": chain,
+                "ours": cached_trainer("one_device", 1, batch_size),
+                "fixed_batch_adam": FixedBatchLoop(bench_config(batch_size), "adam"),
+            },
             label=f"[ceiling] batch {batch_size}",
         )
         b = f"b{batch_size}_"
         results[b + f"matmul{MATMUL_SIZE}_gflop_per_s"] = rates.median("matmul") / 1e9
-        results[b + "ours_examples_per_s"] = round(rates.median("ours"))
-        results[b + "ours_gflop_per_s"] = rates.median("ours") * flops_per_example() / 1e9
-        results[b + "ours_over_matmul"] = rates.ratio("ours", "matmul") * flops_per_example()
+        for name in ("ours", "fixed_batch_adam"):
+            results[b + f"{name}_examples_per_s"] = round(rates.median(name))
+            results[b + f"{name}_gflop_per_s"] = rates.median(name) * flops_per_example() / 1e9
+            results[b + f"{name}_over_matmul"] = rates.ratio(name, "matmul") * flops_per_example()
     results["mflop_per_example"] = flops_per_example() / 1e6
     for batch_size, goal in zip(BATCH_SIZES, GOALS_OURS_OVER_MATMUL):
         results[f"goal_b{batch_size}_ours_over_matmul_ge_{goal}"] = (
