@@ -223,7 +223,7 @@ class MatmulChain:
 class FixedBatchLoop:
     """What the hardware allows: our model's forward and backward pass and our optimizer's
     update (compiled as the trainer compiles it) on one batch held in memory, in a compiled
-    loop; no input pipeline, metrics, schedule, gradient norm or strategy. With plain gradient
+    loop; no input pipeline, metrics, schedule or strategy of ours. With plain gradient
     descent it is the issue's yardstick; with Adam, the bound on any Adam training loop."""
 
     def __init__(self, config: TrainConfig, optimizer_name: str):
@@ -232,8 +232,11 @@ class FixedBatchLoop:
         optimizer = optimizers.create(
             optimizer_name, config.learning_rate, xla_update=config.xla_update
         )
-        images = mnist.to_features(data.train.images[: config.batch_size])
-        labels = tf.constant(data.train.labels[: config.batch_size])
+        # In variables, not graph constants: a constant batch lets grappler and oneDNN prepare
+        # the first layer's operand once for every step (5-9% faster than a batch read at each
+        # step, in two paired runs on Zen 5), which no real input allows.
+        images = tf.Variable(mnist.to_features(data.train.images[: config.batch_size]))
+        labels = tf.Variable(data.train.labels[: config.batch_size])
         self.steps = len(data.train) // config.batch_size
         self.work = self.steps * config.batch_size  # As many examples as OurTrainer.run().
 
@@ -242,7 +245,8 @@ class FixedBatchLoop:
             loss = tf.constant(0.0)
             for _ in tf.range(steps):
                 with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(per_example_loss(labels, model(images)))
+                    logits = model(images.read_value())
+                    loss = tf.reduce_mean(per_example_loss(labels.read_value(), logits))
                 grads = tape.gradient(loss, model.trainable_variables)
                 optimizer.apply_gradients(grads, model.trainable_variables)
             return loss
