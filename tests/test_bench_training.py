@@ -85,6 +85,26 @@ def test_a_fixed_batch_loop_trains_as_many_examples_as_an_epoch(optimizer, monke
     assert float(yardstick.loop(tf.constant(1))) < first  # 51 steps on one batch fit it.
 
 
+def _xla_compiled_functions(function) -> set[str]:
+    """Names of the functions a tf.function's graph calls with XLA, at any depth."""
+    library = function.get_concrete_function().graph.as_graph_def().library.function
+    return {
+        each.signature.name
+        for each in library
+        if each.attr["_XlaMustCompile"].b  # Set by tf.function(jit_compile=True).
+    }
+
+
+@pytest.mark.parametrize("jit_compile", ["true", "false"])
+def test_a_fixed_batch_loop_compiles_forward_and_backward_as_the_trainer_would(jit_compile):
+    config = dataclasses.replace(SMALL, jit_compile=jit_compile)
+    yardstick = bench_training.FixedBatchLoop(config, "gd")
+    loop = tf.function(lambda: yardstick.loop(tf.constant(1)))
+    compiled = _xla_compiled_functions(loop)
+    assert any("update" in name or "rule" in name for name in compiled), compiled  # xla_update
+    assert any("gradients" in name for name in compiled) == (jit_compile == "true"), compiled
+
+
 @pytest.fixture
 def small_sections(monkeypatch):
     """The sections at one batch size of SMALL, with one round of each measurement."""
