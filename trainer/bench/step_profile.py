@@ -2,8 +2,8 @@
 
 `step_time_breakdown` traces one epoch of the trainer (after an untimed one, so tracing and
 XLA compilation stay out) and groups the host's op self time, as xprof's `framework_op_stats`
-tool reports it, into matmuls, the optimizer update, the gradient-norm reduction, the input
-pipeline and the rest.
+tool reports it, into matmuls, the optimizer update, the forward and backward pass when XLA
+compiles it (`--jit_compile`), the gradient-norm reduction, the input pipeline and the rest.
 
 `framework_op_stats` counts only synchronous kernels. Asynchronous ones (the
 StatefulPartitionedCall that runs each variable's XLA-compiled update, IteratorGetNext) are in
@@ -25,16 +25,20 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from xprof.convert import raw_to_tool_data
 
 from trainer.bench import training as bench_training
+from trainer.optimizers import Optimizer
 
 TOP_OPS = 5
 
+# The function each variable's update compiles as (base.py): its XLA kernels are `XLA:<it>`.
+UPDATE_FUNCTION = Optimizer._rule_and_transforms.__name__
+
 # First match wins; a predicate sees (op type, op name) as the converter reports them.
 GROUPS = (
-    # XLA clusters: the only XLA in our step is the per-variable update_step.
-    (
-        "update",
-        lambda kind, name: kind.startswith(("XLA:", "XlaLaunch", "_Xla")) or "update_step" in name,
-    ),
+    # The optimizer's update: XLA-compiled per variable, or op by op (--noxla_update).
+    ("update", lambda kind, name: kind == f"XLA:{UPDATE_FUNCTION}" or "update_step" in name),
+    # Any other XLA program is the forward and backward pass (--jit_compile): its matmuls run
+    # inside it, where the host trace does not break it down.
+    ("xla_forward_backward", lambda kind, name: kind.startswith(("XLA:", "XlaLaunch", "_Xla"))),
     ("grad_norm", lambda kind, name: kind == "L2Loss" or "global_norm/" in name),
     ("matmul", lambda kind, name: "MatMul" in kind),  # MatMul, _MklMatMul, fused kinds.
     ("input", lambda kind, name: kind == "Dataset" or "Iterator" in kind),
@@ -158,6 +162,6 @@ def _async_kernels(xplane: str, counted_events: set[str]) -> collections.Counter
 
 
 def _function_name(hlo_module: str) -> str:
-    # "a_inference_update_step_534__.1" -> "update_step"
+    # "a_inference__rule_and_transforms_534__.1" -> "_rule_and_transforms"
     match = re.search(r"inference_(\w+?)_\d+__", hlo_module)
     return match.group(1) if match else hlo_module
