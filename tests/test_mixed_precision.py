@@ -28,7 +28,7 @@ from tests.toolkit import (
 from trainer import optimizers
 from trainer.config import ConfigError, TrainConfig
 from trainer.distribution import strategies
-from trainer.optimizers.base import INITIAL_LOSS_SCALE
+from trainer.optimizers.base import INITIAL_LOSS_SCALE, DynamicLossScale
 from trainer.recipe import train_and_evaluate
 from trainer.step.machine_fit import uses_xla
 
@@ -48,9 +48,9 @@ TINY = TrainConfig(
 )
 
 
-def scaled_optimizer(name="adam", **kwargs):
+def scaled_optimizer(name="adam", **loss_scale):
     x = tf.Variable([1.0, 2.0])
-    optimizer = optimizers.OPTIMIZERS[name](0.1, loss_scaling=True, **kwargs)
+    optimizer = optimizers.OPTIMIZERS[name](0.1, loss_scaling=DynamicLossScale(**loss_scale))
     optimizer.build([x])
     return x, optimizer
 

@@ -15,6 +15,7 @@ from trainer import optimizers
 from trainer.common.errors import OneLineError
 from trainer.distribution.strategies import STRATEGIES
 from trainer.optimizers import OPTIMIZERS, SCHEDULES
+from trainer.optimizers.base import INITIAL_LOSS_SCALE, LOSS_SCALE_GROWTH_INTERVAL
 from trainer.step.machine_fit import JIT_COMPILE_CHOICES
 from trainer.step.sam import SAM_MODES
 
@@ -41,6 +42,8 @@ _NAME_TAGS = {
     "sam_mode": "",
     "ema_decay": "ema",
     "label_noise": "noise",
+    "initial_loss_scale": "ls",
+    "loss_scale_growth_interval": "lsgrow",
 }
 
 RESULT_FIELDS = (
@@ -59,6 +62,8 @@ RESULT_FIELDS = (
     "seed",
     "label_noise",
     "precision",
+    "initial_loss_scale",
+    "loss_scale_growth_interval",
 )
 
 
@@ -172,6 +177,17 @@ class TrainConfig:
         "scaling).",
         PRECISIONS,
     )
+    initial_loss_scale: float = setting(
+        INITIAL_LOSS_SCALE,
+        "mixed_float16: the loss scale to start from (PyTorch's init_scale, Keras's "
+        "initial_scale); it halves on every overflow and doubles after "
+        "--loss_scale_growth_interval finite steps in a row.",
+    )
+    loss_scale_growth_interval: int = setting(
+        LOSS_SCALE_GROWTH_INTERVAL,
+        "mixed_float16: double the loss scale after this many finite steps in a row "
+        "(PyTorch's growth_interval, Keras's dynamic_growth_steps).",
+    )
     jit_compile: str = setting(
         "auto",
         "Compile each replica's forward and backward pass with XLA, as Keras's jit_compile "
@@ -233,6 +249,7 @@ class TrainConfig:
         need(0 <= self.label_noise < 1, "label_noise", "must be a fraction at least 0, below 1")
         need(self.steps_per_loop >= 1, "steps_per_loop", "must be at least 1")
         need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        self._validate_loss_scaling(need)
         need(self.data_source in SOURCES, "data_source", f"must be one of {', '.join(SOURCES)}")
         need(
             self.jit_compile in JIT_COMPILE_CHOICES,
@@ -316,6 +333,28 @@ class TrainConfig:
         except ValueError as e:
             problem = str(e).removeprefix(f"{self.optimizer}: ")
             raise ConfigError(f"--optimizer={self.optimizer}: {problem}") from None
+
+    def _validate_loss_scaling(self, need) -> None:
+        need(
+            math.isfinite(self.initial_loss_scale) and self.initial_loss_scale > 0,
+            "initial_loss_scale",
+            "must be a positive, finite scale, e.g. 65536",
+        )
+        need(
+            self.loss_scale_growth_interval >= 1,
+            "loss_scale_growth_interval",
+            "must be at least 1",
+        )
+        for name, default in (
+            ("initial_loss_scale", INITIAL_LOSS_SCALE),
+            ("loss_scale_growth_interval", LOSS_SCALE_GROWTH_INTERVAL),
+        ):
+            need(
+                self.precision == "mixed_float16" or getattr(self, name) == default,
+                name,
+                "only --precision=mixed_float16 scales the loss "
+                f"(not --precision={self.precision})",
+            )
 
     def optimizer_settings(self) -> dict:
         """The optimizer's keyword settings that are set, as its constructor takes them."""

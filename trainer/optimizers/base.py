@@ -16,14 +16,15 @@ lives here, following the pattern `tf.distribute` documents and Keras uses:
    note the first step where that norm is not finite (the summed gradients are the same on
    every replica, so every replica agrees without more traffic).
 
-Dynamic loss scaling, for float16 compute (`loss_scaling=True`), as Keras and PyTorch AMP do it:
-the train step multiplies the loss by `loss_scale` (`scale_loss`; 2^15 at first) so that small
-float16 gradients do not flush to zero, and the update divides the summed gradients by it. A
-step whose summed gradients are not all finite is an overflow: it is skipped (weights, slots
-and step counter untouched) and the scale halves; after `growth_interval` (2000) finite steps in
-a row the scale doubles. The decision is taken on the summed gradients, the same on every
-replica and worker, so all take it alike. Only a non-finite gradient at the smallest scale, 1,
-is noted as divergence (`first_nonfinite_step`): there no scaling is left to blame.
+Dynamic loss scaling, for float16 compute (`loss_scaling=True`, or its `DynamicLossScale`
+settings), as Keras and PyTorch AMP do it: the train step multiplies the loss by `loss_scale`
+(`scale_loss`; `initial_scale`, 2^15, at first) so that small float16 gradients do not flush to
+zero, and the update divides the summed gradients by it. A step whose summed gradients are not
+all finite is an overflow: it is skipped (weights, slots and step counter untouched) and the
+scale halves; after `growth_interval` (2000) finite steps in a row the scale doubles. The
+decision is taken on the summed gradients, the same on every replica and worker, so all take
+it alike. Only a non-finite gradient at the smallest scale, 1, is noted as divergence
+(`first_nonfinite_step`): there no scaling is left to blame.
 
 What cuts across optimizers (clipping, weight decay, weight EMA) is not written here but in
 `Transform`s (transform.py), each in a file of its own and passed as `transforms=`, as Optax
@@ -37,6 +38,8 @@ copies drift apart when replicas see different data; steps 1-3 are what prevents
 strategy the default one runs the very same code with one replica.
 """
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import tensorflow as tf
@@ -51,6 +54,27 @@ MIN_LOSS_SCALE = 1.0
 
 # Flag name -> Optimizer subclass, filled as the subclasses are defined (see __init_subclass__).
 REGISTRY: dict[str, type["Optimizer"]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicLossScale:
+    """Dynamic loss scaling's settings: the scale to start from, and the finite steps in a row
+    after which it doubles (PyTorch's GradScaler: init_scale, growth_interval; Keras's
+    LossScaleOptimizer: initial_scale, dynamic_growth_steps)."""
+
+    initial_scale: float = INITIAL_LOSS_SCALE
+    growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL
+
+    def __post_init__(self):
+        if not (math.isfinite(self.initial_scale) and self.initial_scale > 0):
+            raise ValueError(
+                "loss scaling: initial_scale must be positive and finite, "
+                f"got {self.initial_scale!r}"
+            )
+        if self.growth_interval < 1:
+            raise ValueError(
+                f"loss scaling: growth_interval must be at least 1, got {self.growth_interval!r}"
+            )
 
 
 class Optimizer(tf.Module):
@@ -72,13 +96,13 @@ class Optimizer(tf.Module):
         learning_rate: LearningRate,
         name: str,
         xla_update: bool = True,
-        loss_scaling: bool = False,
-        growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL,
+        loss_scaling: bool | DynamicLossScale = False,
         transforms: Sequence[Transform] = (),
     ):
+        """`loss_scaling`: True scales with DynamicLossScale's defaults, or give the settings."""
         super().__init__(name=name)
-        if growth_interval < 1:
-            raise ValueError(f"{name}: growth_interval must be at least 1, got {growth_interval}")
+        if loss_scaling is True:
+            loss_scaling = DynamicLossScale()
         if isinstance(learning_rate, (int, float)):  # Checked without starting TensorFlow.
             if not learning_rate > 0:
                 raise ValueError(f"{name}: learning_rate must be positive, got {learning_rate!r}")
@@ -89,7 +113,7 @@ class Optimizer(tf.Module):
         self.iterations = None  # int64 step counter, created by build().
         self.first_nonfinite_step = None  # 0, or the first step with a NaN/inf gradient.
         self.grad_norm = None  # Global norm of the last applied step's summed gradients.
-        self.loss_scaling, self.growth_interval = loss_scaling, growth_interval
+        self.loss_scaling = loss_scaling or None  # Its DynamicLossScale, or None: no scaling.
         # With loss_scaling, built by build(): the scale, the finite steps since it last
         # changed, and the count of steps skipped for an overflow.
         self.loss_scale = self.finite_steps = self.skipped_steps = None
@@ -136,7 +160,7 @@ class Optimizer(tf.Module):
             )
             if self.loss_scaling:
                 self.loss_scale = tf.Variable(
-                    INITIAL_LOSS_SCALE,
+                    float(self.loss_scaling.initial_scale),
                     trainable=False,
                     name="loss_scale",
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
@@ -248,7 +272,7 @@ class Optimizer(tf.Module):
 
     def _update_loss_scale(self, finite: tf.Tensor) -> None:
         """Halve on an overflow (to no less than 1); double after growth_interval finite steps."""
-        grow = finite & (self.finite_steps + 1 >= self.growth_interval)
+        grow = finite & (self.finite_steps + 1 >= self.loss_scaling.growth_interval)
         scale = self.loss_scale
         self.loss_scale.assign(
             tf.where(

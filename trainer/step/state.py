@@ -16,6 +16,7 @@ from models.mlp import MLP
 from trainer import optimizers
 from trainer.common.errors import OneLineError
 from trainer.config import TrainConfig
+from trainer.optimizers.base import DynamicLossScale
 from trainer.step.machine_fit import uses_xla
 from trainer.step.metrics import ClassificationMetrics
 from trainer.step.steps import compile_loop, make_eval_step, make_train_step
@@ -49,8 +50,9 @@ def optimizer_for(
     steps_per_epoch: int,
     averages: list[tf.Variable] | None = None,
 ) -> optimizers.Optimizer:
-    """The config's optimizer with its settings and transforms; `averages`: where the weight
-    EMA keeps its averages (with --ema_decay). Weight decay never touches biases."""
+    """The config's optimizer with its settings, transforms and (mixed_float16) loss scaling;
+    `averages`: where the weight EMA keeps its averages (with --ema_decay). Weight decay never
+    touches biases."""
     settings = config.optimizer_settings()
     if "weight_decay" in optimizers.options(config.optimizer):
         settings["decays"] = optimizers.is_weight_matrix
@@ -62,11 +64,14 @@ def optimizer_for(
         transforms.append(optimizers.ClipByGlobalNorm(config.clip_global_norm))
     if config.ema_decay:
         transforms.append(optimizers.WeightEMA(config.ema_decay, averages))
+    loss_scaling = config.precision == "mixed_float16" and DynamicLossScale(
+        config.initial_loss_scale, config.loss_scale_growth_interval
+    )
     return optimizers.create(
         config.optimizer,
         learning_rate_schedule(config, steps_per_epoch),
         xla_update=config.xla_update,
-        loss_scaling=config.precision == "mixed_float16",
+        loss_scaling=loss_scaling,
         transforms=transforms,
         **settings,
     )
