@@ -2,11 +2,15 @@
 
 Saving needs little of ours: `tf.train.CheckpointManager` writes the checkpoint files first
 and only then rewrites its small state file, atomically, so a job killed mid-save still lists
-the previous checkpoint as the latest. A save that meets a full disk is ours to clean up: it
-leaves `ckpt-<step>_temp/`, maybe part of `ckpt-<step>.*` and a `checkpoint.tmp*`, none listed.
+the previous checkpoint as the latest. What the killed save wrote is never listed, so never read
+nor deleted by TensorFlow: its shards in `ckpt-<step>_temp/` (each save writes there, then merges
+them into `ckpt-<step>.*`), or the state file's `checkpoint.tmp<uuid>`; the chief removes them as
+the next run starts. A save that meets a full disk is ours to clean up too: it leaves
+`ckpt-<step>_temp/`, maybe part of `ckpt-<step>.*` and a `checkpoint.tmp*`, none listed.
 """
 
 import os
+import re
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -16,6 +20,9 @@ from trainer.common.errors import OneLineError
 from trainer.run import disk
 
 CHECKPOINT_NAME = "ckpt"  # Files are <directory>/ckpt-<step>.*
+# What a save killed midway leaves in the chief's directory: the shards not merged yet
+# (ckpt-<step>_temp/part-*), the state file not renamed into place yet.
+_KILLED_SAVE = re.compile(rf"{CHECKPOINT_NAME}-\d+_temp|checkpoint\.tmp[0-9a-f]{{32}}")
 
 
 class CheckpointError(OneLineError):
@@ -76,6 +83,23 @@ def _step_of(path: str | None) -> int:
     return int(path.rsplit("-", 1)[1]) if path else 0
 
 
+def _remove_killed_saves(directory: str) -> None:
+    """Removes what saves killed midway left in `directory`, in one line. Only the chief, holding
+    the run's lock, calls it: no save of this run is under way."""
+    if not tf.io.gfile.isdir(directory):
+        return
+    left = sorted(entry.rstrip("/") for entry in tf.io.gfile.listdir(directory))
+    left = [entry for entry in left if _KILLED_SAVE.fullmatch(entry)]
+    for entry in left:
+        disk.remove(os.path.join(directory, entry))
+    if left:
+        logging.info(
+            "removed %s from %s: left by a save that was killed midway, never listed",
+            ", ".join(left),
+            directory,
+        )
+
+
 class RunCheckpoints:
     """A run's checkpoints, written the way TensorFlow's multi-worker guide asks.
 
@@ -103,7 +127,9 @@ class RunCheckpoints:
         write_directory = (
             directory if is_chief else os.path.join(directory, "." + task.replace(" ", "-"))
         )
-        if not is_chief and tf.io.gfile.exists(write_directory):
+        if is_chief:
+            _remove_killed_saves(directory)
+        elif tf.io.gfile.exists(write_directory):
             # Left by a save that was killed before its cleanup; never read back.
             tf.io.gfile.rmtree(write_directory)
         self.manager = tf.train.CheckpointManager(
