@@ -109,8 +109,10 @@ def test_the_scale_doubles_after_the_growth_interval_and_never_falls_below_one()
     assert scales[7:25] == [2.0**e for e in range(16, -1, -1)] + [1.0]  # Halving, down to 1.
     assert scales[25:] == [1.0, 1.0, 2.0]
     assert int(optimizer.skipped_steps) == 18 and int(optimizer.iterations) == 10
-    # Only the overflow at scale 1 (the 18th) is divergence, noted as the step it would be.
-    assert int(optimizer.first_nonfinite_step) == 8
+    # Only the overflow at scale 1 (the 18th) is divergence, noted as the batch it took: the
+    # 25th, after 7 steps applied and 17 skipped.
+    assert int(optimizer.first_nonfinite_step) == 25
+    assert int(optimizer.steps_taken) == 28
     assert step.experimental_get_tracing_count() == 1
 
 
@@ -255,15 +257,34 @@ def test_resuming_in_another_precision_is_refused(runs):
         train_and_evaluate(other)
 
 
-# 200 deterministic steps on 2 logical CPU replicas, a checkpoint every 25.
+# 200 deterministic steps on 2 logical CPU replicas, a checkpoint every 25. At 2^30 the float16
+# gradient of the logits alone (about 2^30 / 250 per example) overflows on any machine: the
+# first steps are skipped while the scale halves, and growing it every 10 finite steps makes it
+# overflow again every so often.
 FLOAT16 = dataclasses.replace(
-    TINY, steps_per_loop=5, checkpoint_every_steps=25, deterministic=True, precision="mixed_float16"
+    TINY,
+    steps_per_loop=5,
+    checkpoint_every_steps=25,
+    deterministic=True,
+    precision="mixed_float16",
+    initial_loss_scale=2.0**30,
+    loss_scale_growth_interval=10,
 )
 
 
+def optimizer_counters(path) -> dict[str, int]:
+    """{iterations, skipped_steps} of a checkpoint: the steps applied and those skipped."""
+    reader = tf.train.load_checkpoint(str(path))
+    return {
+        name: int(reader.get_tensor(f"optimizer/{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+        for name in ("iterations", "skipped_steps")
+    }
+
+
 def test_a_float16_run_killed_and_resumed_ends_bit_for_bit_as_if_never_killed(tmp_path):
-    """The loss scale and its counter are in the checkpoint, so the resumed run scales (and
-    skips) exactly as the uninterrupted one."""
+    """The loss scale and its counters are in the checkpoint, so the resumed run scales (and
+    skips) exactly as the uninterrupted one; and a run's steps count the skipped ones, so it
+    resumes at the batch after the checkpoint's last, skipped or not."""
 
     def start(run_name, **options):
         return start_module(
@@ -283,6 +304,8 @@ def test_a_float16_run_killed_and_resumed_ends_bit_for_bit_as_if_never_killed(tm
     assert finish(killed).returncode == -signal.SIGKILL
     done = finish(uninterrupted)
     assert done.returncode == 0, done.stdout[-3000:]
+    at_kill = optimizer_counters(checkpoint_path(tmp_path / "killed", 50))
+    assert at_kill["skipped_steps"] > 0 and sum(at_kill.values()) == 50, at_kill
     resumed = finish(start("killed"))
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1)) == 50
@@ -292,3 +315,6 @@ def test_a_float16_run_killed_and_resumed_ends_bit_for_bit_as_if_never_killed(tm
     )
     assert any("loss_scale" in key for key in want)
     assert_same_tensors(got, want)
+    # Every training batch taken once an epoch: applied, or skipped for an overflow.
+    final = optimizer_counters(checkpoint_path(tmp_path / "killed", 200))
+    assert sum(final.values()) == 200 and final["skipped_steps"] > at_kill["skipped_steps"]

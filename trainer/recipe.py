@@ -170,7 +170,8 @@ class Resumable:
         self.batches = self.restored_from = None
 
     def resume(self) -> int:
-        """Restores the chief's newest readable checkpoint (if any); returns its step."""
+        """Restores the chief's newest readable checkpoint (if any); returns its step, in steps
+        taken (`TrainState.step`: with loss scaling, the skipped ones too)."""
         self._restore()
         self.batches = self.inputs.train_batches(self.state.data_position)
         return self.state.step

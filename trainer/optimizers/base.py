@@ -16,15 +16,21 @@ lives here, following the pattern `tf.distribute` documents and Keras uses:
    note the first step where that norm is not finite (the summed gradients are the same on
    every replica, so every replica agrees without more traffic).
 
+Two counts of steps: `iterations`, the steps applied, which the schedule and the rule (Adam's
+bias correction) see; and `steps_taken`, the batches taken, the skipped steps among them. A
+run's step, its checkpoints' numbers, its data position and `first_nonfinite_step` count
+steps taken, so a resumption takes the batch after the last one taken, skipped or not.
+
 Dynamic loss scaling, for float16 compute (`loss_scaling=True`, or its `DynamicLossScale`
 settings), as Keras and PyTorch AMP do it: the train step multiplies the loss by `loss_scale`
 (`scale_loss`; `initial_scale`, 2^15, at first) so that small float16 gradients do not flush to
 zero, and the update divides the summed gradients by it. A step whose summed gradients are not
-all finite is an overflow: it is skipped (weights, slots and step counter untouched) and the
-scale halves; after `growth_interval` (2000) finite steps in a row the scale doubles. The
-decision is taken on the summed gradients, the same on every replica and worker, so all take
-it alike. Only a non-finite gradient at the smallest scale, 1, is noted as divergence
-(`first_nonfinite_step`): there no scaling is left to blame.
+all finite is an overflow: it is skipped (weights, slots and `iterations` untouched; it counts
+in `skipped_steps`, so in `steps_taken`) and the scale halves; after `growth_interval` (2000)
+finite steps in a row the scale doubles. The decision is taken on the summed gradients, the
+same on every replica and worker, so all take it alike. Only a non-finite gradient at the
+smallest scale, 1, is noted as divergence (`first_nonfinite_step`): there no scaling is left
+to blame.
 
 What cuts across optimizers (clipping, weight decay, weight EMA) is not written here but in
 `Transform`s (transform.py), each in a file of its own and passed as `transforms=`, as Optax
@@ -111,7 +117,8 @@ class Optimizer(tf.Module):
                 raise ValueError(f"{name}: learning_rate must be positive, got {learning_rate!r}")
         self.learning_rate = learning_rate
         self.iterations = None  # int64 step counter, created by build().
-        self.first_nonfinite_step = None  # 0, or the first step with a NaN/inf gradient.
+        # 0, or the first step with a NaN/inf gradient, as steps_taken counts it (from 1).
+        self.first_nonfinite_step = None
         self.grad_norm = None  # Global norm of the last applied step's summed gradients.
         self.loss_scaling = loss_scaling or None  # Its DynamicLossScale, or None: no scaling.
         # With loss_scaling, built by build(): the scale, the finite steps since it last
@@ -194,6 +201,14 @@ class Optimizer(tf.Module):
         """The slots `var` keeps: `slot_names`, unless the rule depends on the variable."""
         return self.slot_names
 
+    @property
+    def steps_taken(self) -> tf.Tensor:
+        """The steps taken, each on a batch: those applied (`iterations`) and, with loss
+        scaling, those skipped for an overflow."""
+        if not self.loss_scaling:
+            return tf.convert_to_tensor(self.iterations)
+        return self.iterations + self.skipped_steps
+
     def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
         """The loss to differentiate: times the loss scale with loss_scaling, else as it is.
 
@@ -232,7 +247,9 @@ class Optimizer(tf.Module):
 
     def _update(self, strategy: tf.distribute.Strategy, pairs):
         learning_rate = self.current_learning_rate()
-        step = self.iterations + 1  # The step being taken, counting from 1.
+        step = self.iterations + 1  # The step being applied, counting from 1.
+        # This step as steps_taken counts it, read before an overflow adds to skipped_steps.
+        taken = self.steps_taken + 1
         grads = [strategy.experimental_local_results(grad)[0] for grad, _ in pairs]
         if self.loss_scaling:
             unscale = 1.0 / self.loss_scale
@@ -266,7 +283,7 @@ class Optimizer(tf.Module):
         else:
             diverged = tf.logical_not(finite)
             self.iterations.assign(step)
-        seen.assign(tf.where(diverged & (seen == 0), step, seen))
+        seen.assign(tf.where(diverged & (seen == 0), taken, seen))
         self.grad_norm.assign(tf.cast(grad_norm, tf.float32))
         return step
 
@@ -323,6 +340,6 @@ class Optimizer(tf.Module):
         return self.update_step
 
     def update_step(self, grad, var, learning_rate, slots, step):
-        """The update rule: assign to `var` and `slots` from `grad` at `step` (counting from
-        1). Subclasses define it."""
+        """The update rule: assign to `var` and `slots` from `grad` at `step` (the steps
+        applied, this one included: `iterations` + 1). Subclasses define it."""
         raise NotImplementedError

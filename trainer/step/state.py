@@ -100,11 +100,13 @@ class TrainState:
 
     @property
     def step(self) -> int:
-        return int(self.optimizer.iterations.numpy())
+        """The steps taken: the run's step, which numbers its checkpoints. With loss scaling
+        it counts the steps skipped for an overflow, each of which took its batch too."""
+        return int(self.optimizer.steps_taken.numpy())
 
     @property
     def data_position(self) -> int:
-        """The training batch the next step takes: one a step, past the windows skipped."""
+        """The training batch the next step takes: one a step taken, past the windows skipped."""
         windows = self.skipped_windows.numpy()
         return self.step + int((windows[:, 1] - windows[:, 0] + 1).sum())
 
