@@ -1,15 +1,19 @@
-"""A full disk, met by each writer of a run in turn: one line, nothing half-written, a rerun
-resumes from the checkpoint the line names.
+"""A full disk, met by each writer of a run in turn, and a directory this user may not write to
+and a read-only filesystem: one line, nothing half-written, a rerun resumes from the checkpoint
+the line names.
 
 One run trains through the real command line on a tmpfs given a little more space at each
 attempt, as a user who frees some and reruns would. Each attempt fills it at the next writer
 (flags.txt, the events, a checkpoint, the export, result.json), at a write the run reaches
 whatever the machine's speed: its free space lies between what the run writes before that
-write and what it needs for that write too. The tmpfs is mounted in a mount namespace of its
-own (CI runs as root), held by a process that ends with the test, or with pytest if it is
-killed: nothing stays mounted.
+write and what it needs for that write too. Two attempts meet another fault instead: the
+checkpoint directory not writable by the trainer's user (not root: a user namespace makes it
+the files' owner, without root's power over permissions), and the export directory mounted
+read-only. The tmpfs is mounted in a mount namespace of its own (CI runs as root), held by a
+process that ends with the test, or with pytest if it is killed: nothing stays mounted.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,8 +27,7 @@ from data.mnist import NUM_CLASSES, NUM_PIXELS
 from models.mlp import MLP
 from tests.toolkit import command_line, run_module, summaries
 from trainer.config import TrainConfig
-from trainer.recipe import CHECKPOINT_DIR
-from trainer.run import disk
+from trainer.recipe import CHECKPOINT_DIR, EXPORT_DIR
 from trainer.run.export import export
 from trainer.run.files import RESULT_FILE
 
@@ -36,6 +39,8 @@ TINY = TrainConfig(
 )
 ROOMY_KIB = 8192
 PAGE_KIB = 4  # tmpfs allocates whole pages.
+# The trainer as a user who owns the files but is not root: permissions bind it.
+NOT_ROOT = ("unshare", "--map-user=1000", "--map-group=1000")
 
 
 class SmallDisk:
@@ -80,9 +85,33 @@ class SmallDisk:
         stats = os.statvfs(self.path())
         return (stats.f_blocks - stats.f_bfree) * stats.f_frsize // 1024
 
-    def train(self, config: TrainConfig) -> subprocess.CompletedProcess:
+    def train(
+        self, config: TrainConfig, as_user: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess:
         config = dataclasses.replace(config, logdir=self.directory)
-        return run_module("trainer.train", *command_line(config), wrapper=self._enter)
+        return run_module("trainer.train", *command_line(config), wrapper=self._enter + as_user)
+
+    @contextlib.contextmanager
+    def read_only(self, *parts: str):
+        """The directory at `parts` mounted read-only (bound onto itself) for the block."""
+        directory = os.path.join(self.directory, *parts)
+        os.makedirs(self.path(*parts), exist_ok=True)
+        subprocess.run(
+            [*self._enter, "mount", "--bind", "-o", "ro", directory, directory], check=True
+        )
+        try:
+            yield
+        finally:
+            subprocess.run([*self._enter, "umount", directory], check=True)
+
+    @contextlib.contextmanager
+    def not_writable(self, *parts: str):
+        """The directory at `parts` without write permission for the block."""
+        os.chmod(self.path(*parts), 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(self.path(*parts), 0o755)
 
     def close(self) -> None:
         self._holder.stdin.close()
@@ -100,12 +129,18 @@ def export_kib(tmp_path) -> int:
     )
 
 
+FULL = ("no space left on device", "free some space")
+NOT_WRITABLE = ("permission denied", "let this user write to {}")
+READ_ONLY = ("read-only file system", "make the filesystem writable")
+
+
 @dataclasses.dataclass
 class Attempt:
     free_kib: int | None  # Free on the disk as it starts; None: a page and the export.
-    directory: str  # In the run directory: where its line says the disk filled.
+    directory: str  # In the run directory: where its line says the write failed.
     writing: str
     last_checkpoint: int | None  # The step its line says a rerun resumes from.
+    fault: tuple[str, str] = FULL  # What its line says happened, and what to do.
 
 
 # One run, each attempt resuming where the one before stopped, on a disk given a little more
@@ -120,30 +155,41 @@ ATTEMPTS = [
     Attempt(120, "", "writing TensorBoard events", None),
     # Events and ckpt-100: 700 KiB; not ckpt-200 as well: 1,010 KiB.
     Attempt(830, CHECKPOINT_DIR, "saving checkpoint ckpt-200", 100),
+    # Room enough, but the checkpoint directory is not the trainer's user's to write.
+    Attempt(ROOMY_KIB, CHECKPOINT_DIR, "saving checkpoint ckpt-200", 100, NOT_WRITABLE),
     # Another events file (the graph again) and ckpt-200: 640 KiB; not the export too: 772.
-    Attempt(705, "export", "exporting the SavedModel 200", 200),
+    Attempt(705, EXPORT_DIR, "exporting the SavedModel 200", 200),
+    # Room enough, but the export directory is on a read-only filesystem.
+    Attempt(ROOMY_KIB, EXPORT_DIR, "exporting the SavedModel 200", 200, READ_ONLY),
     # The events of a rerun that trains nothing (a page) and the export; not result.json.
     Attempt(None, "", "writing result.json", 200),
 ]
 
 
 def expected_line(run_dir: str, attempt: Attempt) -> str:
+    where = os.path.normpath(os.path.join(run_dir, attempt.directory))
+    happened, remedy = attempt.fault
+    remedy = remedy.format(where)
     if attempt.last_checkpoint is None:
-        then = (
-            "no checkpoint was saved yet: free some space and rerun the same command to "
-            "start the run"
-        )
+        then = f"no checkpoint was saved yet: {remedy} and rerun the same command to start the run"
     else:
         then = (
             f"the last whole checkpoint is {run_dir}/{CHECKPOINT_DIR}/"
-            f"ckpt-{attempt.last_checkpoint}: free some space and rerun the same command "
-            "to resume from it"
+            f"ckpt-{attempt.last_checkpoint}: {remedy} and rerun the same command to resume from it"
         )
-    where = os.path.normpath(os.path.join(run_dir, attempt.directory))
     return (
-        f"trainer.train: error: {where}: no space left on device while {attempt.writing} "
+        f"trainer.train: error: {where}: {happened} while {attempt.writing} "
         f"(removed what it had written); {then}"
     )
+
+
+def meeting(small: SmallDisk, attempt: Attempt):
+    """The fault the attempt meets, set up for the block, and the wrapper to train under."""
+    if attempt.fault == NOT_WRITABLE:
+        return small.not_writable(TINY.run_name, attempt.directory), NOT_ROOT
+    if attempt.fault == READ_ONLY:
+        return small.read_only(TINY.run_name, attempt.directory), ()
+    return contextlib.nullcontext(), ()
 
 
 def assert_nothing_half_written(run_dir: str) -> None:
@@ -167,7 +213,9 @@ def resumed_from(output: str) -> int | None:
     return int(resumed.group(1)) if resumed else None
 
 
-def test_each_writer_on_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path):
+def test_each_writer_meeting_a_full_disk_or_another_fault_is_one_line_and_the_rerun_resumes(
+    tmp_path,
+):
     small = SmallDisk(tmp_path / "disk", PAGE_KIB)
     try:
         with open(small.path("filler"), "wb") as f:  # Full from the start.
@@ -178,7 +226,9 @@ def test_each_writer_on_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path):
         for attempt in ATTEMPTS:
             free = attempt.free_kib
             small.resize(small.used_kib() + (a_page_and_the_export if free is None else free))
-            failed = small.train(TINY)
+            fault, as_user = meeting(small, attempt)
+            with fault:
+                failed = small.train(TINY, as_user)
             assert failed.returncode == 1, failed.stderr[-3000:]
             assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
             assert failed.stderr.splitlines()[-1] == expected_line(run_dir, attempt)
@@ -195,11 +245,3 @@ def test_each_writer_on_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path):
         assert_nothing_half_written(small.path(TINY.run_name))
     finally:
         small.close()
-
-
-def test_only_a_full_disk_is_a_full_disk():
-    """Out of memory is ResourceExhaustedError too; it is not reported as a full disk."""
-    full = tf.errors.ResourceExhaustedError(None, None, "ckpt-1; No space left on device")
-    out_of_memory = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
-    assert disk.is_full(full) and disk.is_full(OSError(28, "No space left on device"))
-    assert not disk.is_full(out_of_memory) and not disk.is_full(OSError(13, "Permission denied"))

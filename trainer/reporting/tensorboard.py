@@ -9,8 +9,9 @@ ResourceExhaustedError (at a write, a flush or a close); a large event (the grap
 goes past the buffer and fails in silence (TensorFlow's EventsWriter drops that write's
 error), leaving part of an event at the file's end, which `summary_iterator` refuses. So each
 call checks that the file ends on a whole event; if not, or on the error, the file is cut back
-to the end of the last whole call and closed, and DiskFullError raised (trainer/run/disk.py).
-Nothing is left to flush then, nor after a call that succeeded, so closing every writer as the
+to the end of the last whole call and closed, and DiskFullError raised (trainer/run/disk.py);
+so on any other fault of the filesystem (an I/O error, a permission denied). Nothing is left to
+flush then, nor after a call that succeeded, so closing every writer as the
 process leaves (trainer/loop/exiting.py) writes nothing.
 """
 
@@ -93,8 +94,8 @@ class MetricsWriter:
         """Closes the writer and cuts its file back to its last whole event."""
         try:
             self._writer.close()
-        except tf.errors.ResourceExhaustedError:
-            pass  # The same full disk, flushing the events being dropped.
+        except tf.errors.OpError:
+            pass  # The same fault (a full disk), flushing the events being dropped.
         MetricsWriter._open.discard(self)
         if self._path:
             os.truncate(self._path, self._whole_size)
@@ -143,11 +144,12 @@ class MetricsWriter:
     @classmethod
     def close_all(cls) -> None:
         """Flushes and closes every writer still open. As the process leaves, its exit code
-        decided, a full disk is a warning (a line, not a traceback)."""
+        decided, a full disk or another fault of the filesystem is a warning (a line, not a
+        traceback)."""
         for writer in list(cls._open):
             try:
                 writer.close()
-            except disk.DiskFullError as e:
+            except disk.WriteError as e:
                 logging.warning("%s", e)
 
     def __enter__(self):

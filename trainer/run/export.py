@@ -33,8 +33,8 @@ def export(model: tf.Module, directory: str) -> str:
 
     The SavedModel is written beside it, into `.<name>.partial`, and renamed into place once
     complete: a job killed mid-export leaves no half export under the final name, only a
-    partial one that the next export replaces. On a full disk the partial one is removed and
-    DiskFullError raised.
+    partial one that the next export replaces. On a full disk, or another fault of the
+    filesystem, the partial one is removed and WriteError raised (trainer/run/disk.py).
     """
     directory = os.fspath(directory)
     if tf.io.gfile.exists(directory):
@@ -54,5 +54,5 @@ def export(model: tf.Module, directory: str) -> str:
                 "classify_pixels": classifier.classify_pixels,
             },
         )
-    tf.io.gfile.rename(partial, directory)
+        tf.io.gfile.rename(partial, directory)
     return directory

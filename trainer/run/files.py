@@ -7,7 +7,8 @@ result.json  written last, when the run has finished: its final scores. Sweeps r
              finished runs and to compare them.
 
 Each is written whole or not at all: into `<name>.tmp`, renamed into place once complete, and
-removed if the disk fills first (trainer/run/disk.py).
+removed if the disk fills first, or another fault of the filesystem stops the write
+(trainer/run/disk.py).
 """
 
 import dataclasses
@@ -103,7 +104,7 @@ def _write_whole(path: str, text: str) -> str:
     ):
         with open(partial, "w") as f:
             f.write(text)
-    os.replace(partial, path)
+        os.replace(partial, path)
     return path
 
 
