@@ -8,10 +8,15 @@ Each --grid is `<trainer flag>=<value>,<value>,...` (a list flag's items joined 
 `hidden_sizes=700x500,256`); the runs are every combination, named after their values, e.g.
 runs/sweep1/optimizer=adam,learning_rate=0.001/. Flags after `--` go to every run, after those
 of --base_flagfile (a run's flags.txt works). Each run's output is appended to
-<run>/train.log. At the end a table lists every run's values, test accuracy and status;
-the exit code is 0 if every run finished, 1 if any failed, 143 if the sweep was stopped.
+<run>/train.log. At the end a table lists every run's values, test accuracy and status.
 Rerunning the same command skips the finished runs and resumes the others. TensorBoard's HParams
 tab compares the runs: .venv/bin/tensorboard --logdir runs/sweep1.
+
+SIGTERM or Ctrl-C (SIGINT) stops the sweep: no run starts after it, and the signal is passed on
+to the running trainers, which checkpoint at their next step and exit; a second Ctrl-C stops
+them at once. The exit code is 130 after Ctrl-C, as for launch.local and the trainer; otherwise
+1 if any run failed, 143 after SIGTERM (preempted: the same command resumes), 0 if every run
+finished.
 """
 
 import sys

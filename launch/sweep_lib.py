@@ -34,7 +34,7 @@ from launch.trainer_args import (
     trainer_config,
 )
 from trainer.common import terminal
-from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
+from trainer.common.exit_codes import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from trainer.common.paths import REPOSITORY
 from trainer.common.tables import markdown_table
 from trainer.common.terminal import tensorboard_command
@@ -58,13 +58,20 @@ SET_BY_SWEEP = {
     "run_name": "the sweep, which names each run after its grid values",
 }
 
-FINISHED, SKIPPED, FAILED, PREEMPTED, NOT_STARTED = (
+FINISHED, SKIPPED, FAILED, PREEMPTED, INTERRUPTED, NOT_STARTED = (
     "finished",
     "skipped (finished before)",
     "failed",
     "preempted",
+    "interrupted",
     "not started",
 )
+# What the sweep's output says as it is first asked to stop, by signal.
+_STOPPING = {
+    signal.SIGTERM: "SIGTERM: stopping the running trainers at their next step",
+    signal.SIGINT: "Ctrl-C (SIGINT): stopping the running trainers at their next step; "
+    "Ctrl-C again stops them at once",
+}
 
 
 class GridValue(NamedTuple):
@@ -130,6 +137,8 @@ class RunReport:
     status: str
     test_accuracy: float | None = None
     message: str = ""  # The trainer's last line, when the run did not finish.
+    # The trainer's; for a run not started, that of the signal that stopped the sweep.
+    exit_code: int = 0
 
 
 def plan_sweep(
@@ -280,15 +289,17 @@ def write_hparams(sweep: Sweep) -> None:
 
 class _Launcher:
     """Starts the runs' trainers; on SIGTERM or Ctrl-C it stops starting new ones and passes
-    SIGTERM on to those running, which checkpoint and exit 143, resumable by a rerun.
+    the signal on to those running, which checkpoint and exit 143 or 130, resumable by a rerun;
+    a second Ctrl-C stops them at once.
 
-    The trainers run in sessions of their own, so Ctrl-C reaches them only this way and not
-    also as a KeyboardInterrupt that would skip their checkpoint.
+    The trainers run in sessions of their own, so a terminal's Ctrl-C reaches them only this
+    way, once each, and not also straight from the terminal, which would count as the second.
     """
 
     def __init__(self, sweep: Sweep, out):
         self.sweep, self.out = sweep, out
         self.stopping = threading.Event()
+        self.stopped_by: int | None = None  # The first stop signal.
         self._lock = threading.Lock()  # Guards _running and the lines printed to `out`.
         self._running: set[subprocess.Popen] = set()
         # `-m trainer.train` must import from this repository whatever the working directory;
@@ -303,15 +314,11 @@ class _Launcher:
     def stop(self, signum, frame) -> None:
         with self._lock:
             if not self.stopping.is_set():
-                print(
-                    f"{signal.Signals(signum).name}: stopping the running trainers at their "
-                    "next step; rerun the sweep to resume",
-                    file=self.out,
-                    flush=True,
-                )
+                self.stopped_by = signum
+                print(f"{_STOPPING[signum]}; rerun the sweep to resume", file=self.out, flush=True)
             self.stopping.set()
             for process in self._running:
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(signum)
 
     def say(self, line: str) -> None:
         with self._lock:
@@ -335,7 +342,7 @@ class _Launcher:
             attempt_start = log.tell()
             with self._lock:  # A stop arriving now must not miss a trainer just started.
                 if self.stopping.is_set():
-                    return RunReport(run, NOT_STARTED)
+                    return RunReport(run, NOT_STARTED, exit_code=128 + self.stopped_by)
                 process = subprocess.Popen(
                     command,
                     stdout=log,
@@ -359,10 +366,12 @@ class _Launcher:
         with open(os.path.join(run_dir, LOG_FILE)) as log:
             log.seek(attempt_start)
             lines = [line.strip() for line in log if line.strip()]
-        status = PREEMPTED if exit_code == PREEMPTED_EXIT_CODE else f"{FAILED} (exit {exit_code})"
+        status = {PREEMPTED_EXIT_CODE: PREEMPTED, INTERRUPTED_EXIT_CODE: INTERRUPTED}.get(
+            exit_code, f"{FAILED} (exit {exit_code})"
+        )
         message = reason(lines)
         self.say(f"{status} {run.name}: {message} (log: {os.path.join(run_dir, LOG_FILE)})")
-        return RunReport(run, status, message=message)
+        return RunReport(run, status, message=message, exit_code=exit_code)
 
 
 def reason(lines: list[str]) -> str:
@@ -403,12 +412,14 @@ def run_sweep(sweep: Sweep, parallel: int = 1, out=sys.stdout) -> list[RunReport
 
 
 def exit_code(reports: list[RunReport]) -> int:
-    """0 if every run finished; 1 if any failed; else 143 (preempted: rerun to resume)."""
+    """130 if Ctrl-C stopped the sweep, as it does launch.local and the trainer; else 1 if any
+    run failed; else 143 if SIGTERM stopped it (preempted: rerun to resume); else 0."""
+    codes = {report.exit_code for report in reports}
+    if INTERRUPTED_EXIT_CODE in codes:
+        return INTERRUPTED_EXIT_CODE
     if any(report.status.startswith(FAILED) for report in reports):
         return 1
-    if any(report.status in (PREEMPTED, NOT_STARTED) for report in reports):
-        return PREEMPTED_EXIT_CODE
-    return 0
+    return PREEMPTED_EXIT_CODE if PREEMPTED_EXIT_CODE in codes else 0
 
 
 def format_table(sweep: Sweep, reports: list[RunReport]) -> str:

@@ -204,11 +204,11 @@ def test_a_run_refused_by_absl_reports_absls_error_not_its_pointer_to_help(tmp_p
 
 
 def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
-    # 1500 steps; the trainer is held after the first epoch's checkpoint while the sweep is
+    # 150 steps; the trainer is held after the first epoch's checkpoint while the sweep is
     # sent SIGTERM, which it passes on.
-    longer = command_line(dataclasses.replace(TINY_CONFIG, batch_size=100, epochs=3))
+    longer = command_line(dataclasses.replace(TINY_CONFIG, epochs=3))
     log = tmp_path / "seed=0" / LOG_FILE
-    pause = Pause(tmp_path / "pause", 500)
+    pause = Pause(tmp_path / "pause", 50)
     process = start_sweep(tmp_path, "--grid=seed=0", trainer_args=longer, env=pause.env())
     pause.wait(process)
     process.send_signal(signal.SIGTERM)
@@ -216,13 +216,37 @@ def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stdout + stderr
     [[_, _, status]] = table_rows(stdout)
-    assert status.startswith("preempted: ") and "SIGTERM: stopped at step 500" in status
+    assert status.startswith("preempted: ") and "SIGTERM: stopped at step 50" in status
 
     code, stdout, stderr = run_sweep(tmp_path, "--grid=seed=0", trainer_args=longer)
     assert code == 0, stdout + stderr
-    assert json.loads((tmp_path / "seed=0" / RESULT_FILE).read_text())["steps"] == 1500
+    assert json.loads((tmp_path / "seed=0" / RESULT_FILE).read_text())["steps"] == 150
     assert log.read_text().count("launch.sweep:") == 2  # Both attempts' output kept.
     assert "resumed from" in log.read_text()
+
+
+def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_sweep_exits_130(tmp_path):
+    # The first run's trainer is held as its run starts while the sweep gets Ctrl-C; the second
+    # run never starts.
+    pause = Pause(tmp_path / "pause", None)
+    process = start_sweep(tmp_path, "--grid=seed=0,1", env=pause.env())
+    pause.wait(process)
+    process.send_signal(signal.SIGINT)
+    pause.release()
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout + stderr
+    assert (
+        "Ctrl-C (SIGINT): stopping the running trainers at their next step; Ctrl-C again "
+        "stops them at once; rerun the sweep to resume\n" in stdout
+    )
+    interrupted, not_started = table_rows(stdout)
+    # Passed on once, as a Ctrl-C, which the trainer acted on at its first step boundary: a
+    # second would have ended it at once, without this line.
+    assert interrupted[2].startswith("interrupted: ")
+    assert interrupted[2].endswith(
+        "Ctrl-C: stopped at step 0 of 50 before training a step; rerun the same command to resume"
+    )
+    assert not_started[2] == "not started"
 
 
 @pytest.mark.parametrize(
