@@ -15,8 +15,12 @@ ends it with that worker's code.
 SIGTERM to the launcher reaches every worker, which checkpoint and exit 143; Ctrl-C (SIGINT)
 likewise, and the launcher exits 130; a second Ctrl-C stops them at once. Neither is ever a
 reason to restart. The job runs in a process group of its own, so a terminal's Ctrl-C reaches
-the launcher alone, which passes it on once. If the launcher dies (SIGKILL, the OOM killer), its
-job stops as on SIGTERM, and what is left after --grace_seconds is killed.
+the launcher alone, which passes it on once. Ctrl-Z (SIGTSTP, from the terminal or kill -TSTP)
+suspends the whole job, then the launcher, as a shell user expects; `fg`, `bg` or SIGCONT to the
+launcher resumes both. After more than 10 s suspended (TensorFlow's heartbeat timeout) the
+workers take each other for lost and exit 143, which --max_restarts restarts from the latest
+checkpoint. If the launcher dies (SIGKILL, the OOM killer), its job stops as on SIGTERM, and
+what is left after --grace_seconds is killed.
 
 The workers share a private network (launch/private_network.py): their gRPC servers listen on
 all interfaces and run any op they are sent, unauthenticated, so nothing outside the job may
@@ -24,9 +28,12 @@ reach them. Where the kernel cannot make one, the job does not start unless
 --allow_exposed_ports says it may run with those ports open.
 """
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+import threading
 
 # Before the imports that load TensorFlow (checking trainer flags does): it sets up what the
 # terminal shows of it.
@@ -89,7 +96,8 @@ def run_job(
     )
     command = local_job.command(num_workers, trainer_args, grace_seconds, max_restarts)
     # A process group of its own: a terminal's Ctrl-C, sent to its foreground group, reaches
-    # this process alone, and each worker gets the one SIGINT passed on.
+    # this process alone, and each worker gets the one SIGINT passed on. So does Ctrl-Z, which
+    # this process passes on to the whole group (Suspension).
     options = dict(
         env=dict(terminal.user_environ() if env is None else env),
         stdin=subprocess.DEVNULL,
@@ -100,15 +108,59 @@ def run_job(
         process_group=0,
     )
     # SIGHUP (a closed terminal) ends this process as usual; the job is told (die_with_parent).
-    with local_job.StopRequests(signals=(signal.SIGTERM, signal.SIGINT)) as stop:
+    with (
+        local_job.StopRequests(signals=(signal.SIGTERM, signal.SIGINT)) as stop,
+        Suspension() as suspension,
+    ):
         with local_job.stop_signals_blocked():
             job = _start(command, options, allow_exposed_ports, sink)
         stop.add(job)
+        suspension.add(job)
         for line in job.stdout:
             sink.write(line)
             sink.flush()
         code = local_job.exit_code(job.wait())
         return 128 + signal.SIGINT if stop.interrupted else code
+
+
+class Suspension:
+    """Within `with` (in the main thread), SIGTSTP to this process (a terminal's Ctrl-Z, kill
+    -TSTP) suspends the process group of each job added, then this process; once this process
+    is continued (`fg`, `bg`, SIGCONT), it continues them. Elsewhere SIGTSTP keeps its meaning.
+
+    A job's processes get SIGTSTP as a terminal would send it, and stop. This process stops
+    itself as the signal's default action would, so its shell sees it stopped; the kernel
+    ignores that in a process group no shell controls (an orphaned one), and then the job is
+    continued at once too.
+    """
+
+    def __init__(self):
+        self._groups: list[int] = []
+        self._previous = None
+
+    def add(self, process: subprocess.Popen) -> None:
+        self._groups.append(process.pid)  # Its process group's id (process_group=0).
+
+    def _suspend(self, signum, frame) -> None:
+        self._send(signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTSTP)  # Returns once this process is continued.
+        signal.signal(signal.SIGTSTP, self._suspend)
+        self._send(signal.SIGCONT)
+
+    def _send(self, signum: int) -> None:
+        for group in self._groups:
+            with contextlib.suppress(ProcessLookupError):  # The job has ended.
+                os.killpg(group, signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTSTP, self._suspend)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGTSTP, self._previous)
 
 
 def _start(command: list[str], options: dict, allow_exposed_ports: bool, sink):

@@ -1,7 +1,7 @@
 """launch.local refuses bad trainer flags before any worker starts; its workers' ports are
 closed to everyone outside the job, or the job needs --allow_exposed_ports; SIGTERM and Ctrl-C
-reach every worker once and are never a reason to restart; a launcher that dies leaves nothing
-running; free ports for servers."""
+reach every worker once and are never a reason to restart; Ctrl-Z suspends the whole job and
+`fg` resumes it; a launcher that dies leaves nothing running; free ports for servers."""
 
 import dataclasses
 import json
@@ -129,10 +129,26 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def test_a_process_outside_the_job_cannot_reach_its_workers(tmp_path):
+def wait_until(processes: list[psutil.Process], stopped: bool, timeout: float = 30) -> None:
+    """Until every one of `processes` is stopped (state T), or none is."""
+    deadline = time.monotonic() + timeout
+    while any((p.status() == psutil.STATUS_STOPPED) != stopped for p in processes):
+        states = {p.pid: p.status() for p in processes}
+        assert time.monotonic() < deadline, f"not all {'stopped' if stopped else 'on'}: {states}"
+        time.sleep(0.05)
+
+
+def test_a_job_is_closed_to_outsiders_and_ctrl_z_suspends_it_whole(tmp_path):
     config = dataclasses.replace(SMALL_JOB, logdir=str(tmp_path), run_name="job")
+    pause = Pause(tmp_path / "pause", step=100, task=0)  # The last step's checkpoint.
     launcher = start_module(
-        "launch.local", "--workers=2", "--", *command_line(config), stderr=subprocess.STDOUT
+        "launch.local",
+        "--workers=2",
+        "--",
+        *command_line(config),
+        env={**environment(), **pause.env()},
+        stderr=subprocess.STDOUT,
+        process_group=0,  # As a shell starts a job: Ctrl-Z goes to this group.
     )
     try:
         pid, port = listening_worker(launcher)
@@ -141,6 +157,18 @@ def test_a_process_outside_the_job_cannot_reach_its_workers(tmp_path):
         assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=10)
+
+        pause.wait(launcher)
+        job = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(True)]
+        assert len(workers_of(launcher)) == 2 and len(job) == 4  # With the job's process.
+        # Ctrl-Z and `fg` as a shell sends them, to the launcher's process group; then kill
+        # -TSTP and kill -CONT to the launcher alone. The job is suspended and resumed whole.
+        for send in (os.killpg, os.kill):
+            send(launcher.pid, signal.SIGTSTP)
+            wait_until(job, stopped=True)
+            send(launcher.pid, signal.SIGCONT)
+            wait_until(job, stopped=False)
+        pause.release()
     finally:
         done = finish(launcher)
     assert done.returncode == 0, done.stdout[-3000:]
