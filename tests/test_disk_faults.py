@@ -1,7 +1,8 @@
 """Which errors of a write are the filesystem's fault (trainer/run/disk.py), and an I/O error in
 the middle of a checkpoint save: one line, what the save wrote removed, the checkpoints before it
 kept. (tests/test_full_disk.py meets a full disk, a permission denied and a read-only filesystem
-for real, through the trainer's command line; an I/O error cannot be had for real here.)"""
+for real, the first two through the trainer's command line; an I/O error cannot be had for real
+here.)"""
 
 import errno
 import os

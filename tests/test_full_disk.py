@@ -6,11 +6,14 @@ One run trains through the real command line on a tmpfs given a little more spac
 attempt, as a user who frees some and reruns would. Each attempt fills it at the next writer
 (flags.txt, the events, a checkpoint, the export, result.json), at a write the run reaches
 whatever the machine's speed: its free space lies between what the run writes before that
-write and what it needs for that write too. Two attempts meet another fault instead: the
+write and what it needs for that write too. One attempt meets another fault instead: the
 checkpoint directory not writable by the trainer's user (not root: a user namespace makes it
-the files' owner, without root's power over permissions), and the export directory mounted
-read-only. The tmpfs is mounted in a mount namespace of its own (CI runs as root), held by a
-process that ends with the test, or with pytest if it is killed: nothing stays mounted.
+the files' owner, without root's power over permissions). The tmpfs is mounted in a mount
+namespace of its own (CI runs as root), held by a process that ends with the test, or with
+pytest if it is killed: nothing stays mounted.
+
+Each writer then meets the tmpfs mounted read-only, in this process, which reaches it through
+the holder's mounts.
 """
 
 import contextlib
@@ -28,8 +31,11 @@ from models.mlp import MLP
 from tests.toolkit import command_line, run_module, summaries
 from trainer.config import TrainConfig
 from trainer.recipe import CHECKPOINT_DIR, EXPORT_DIR
+from trainer.reporting.tensorboard import MetricsWriter
+from trainer.run import disk, lock
+from trainer.run.checkpoints import RunCheckpoints
 from trainer.run.export import export
-from trainer.run.files import RESULT_FILE
+from trainer.run.files import RESULT_FILE, write_flags
 
 pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
@@ -131,7 +137,6 @@ def export_kib(tmp_path) -> int:
 
 FULL = ("no space left on device", "free some space")
 NOT_WRITABLE = ("permission denied", "let this user write to {}")
-READ_ONLY = ("read-only file system", "make the filesystem writable")
 
 
 @dataclasses.dataclass
@@ -159,8 +164,6 @@ ATTEMPTS = [
     Attempt(ROOMY_KIB, CHECKPOINT_DIR, "saving checkpoint ckpt-200", 100, NOT_WRITABLE),
     # Another events file (the graph again) and ckpt-200: 640 KiB; not the export too: 772.
     Attempt(705, EXPORT_DIR, "exporting the SavedModel 200", 200),
-    # Room enough, but the export directory is on a read-only filesystem.
-    Attempt(ROOMY_KIB, EXPORT_DIR, "exporting the SavedModel 200", 200, READ_ONLY),
     # The events of a rerun that trains nothing (a page) and the export; not result.json.
     Attempt(None, "", "writing result.json", 200),
 ]
@@ -187,8 +190,6 @@ def meeting(small: SmallDisk, attempt: Attempt):
     """The fault the attempt meets, set up for the block, and the wrapper to train under."""
     if attempt.fault == NOT_WRITABLE:
         return small.not_writable(TINY.run_name, attempt.directory), NOT_ROOT
-    if attempt.fault == READ_ONLY:
-        return small.read_only(TINY.run_name, attempt.directory), ()
     return contextlib.nullcontext(), ()
 
 
@@ -213,7 +214,7 @@ def resumed_from(output: str) -> int | None:
     return int(resumed.group(1)) if resumed else None
 
 
-def test_each_writer_meeting_a_full_disk_or_another_fault_is_one_line_and_the_rerun_resumes(
+def test_a_full_disk_at_each_writer_and_a_permission_denied_are_one_line_and_the_rerun_resumes(
     tmp_path,
 ):
     small = SmallDisk(tmp_path / "disk", PAGE_KIB)
@@ -243,5 +244,51 @@ def test_each_writer_meeting_a_full_disk_or_another_fault_is_one_line_and_the_re
         with open(small.path(TINY.run_name, RESULT_FILE)) as f:
             assert json.load(f)["steps"] == 200
         assert_nothing_half_written(small.path(TINY.run_name))
+    finally:
+        small.close()
+
+
+# Each writer of a run, in a run directory that holds ckpt-1: (what it is writing, the directory
+# its line names, relative to the run's, and a write).
+WRITERS = {
+    "checkpoint": (
+        "saving checkpoint ckpt-2",
+        CHECKPOINT_DIR,
+        lambda run_dir, checkpoints: checkpoints.save(2),
+    ),
+    "export": (
+        "exporting the SavedModel 2",
+        EXPORT_DIR,
+        lambda run_dir, _: export(
+            MLP(NUM_PIXELS, TINY.hidden_sizes, NUM_CLASSES), os.path.join(run_dir, EXPORT_DIR, "2")
+        ),
+    ),
+    "events": ("starting a TensorBoard events file", "", lambda run_dir, _: MetricsWriter(run_dir)),
+    "flags.txt": ("writing flags.txt", "", lambda run_dir, _: write_flags(run_dir, "")),
+    "run.lock": ("creating run.lock", "", lambda run_dir, _: lock.hold(run_dir).__enter__()),
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_each_writer_on_a_read_only_filesystem_is_one_line_naming_the_last_checkpoint(
+    tmp_path, writer
+):
+    what, directory, write = WRITERS[writer]
+    small = SmallDisk(tmp_path / "disk", ROOMY_KIB)
+    try:
+        run_dir = small.path(TINY.run_name)
+        checkpoint_dir = os.path.join(run_dir, CHECKPOINT_DIR)
+        checkpoints = RunCheckpoints(tf.train.Checkpoint(v=tf.Variable(1.0)), checkpoint_dir, 3)
+        checkpoints.save(1)
+        before = sorted(os.listdir(checkpoint_dir))
+        with small.read_only(TINY.run_name), pytest.raises(disk.WriteError) as error:
+            write(run_dir, checkpoints)
+        assert str(error.value) == (
+            f"{os.path.normpath(os.path.join(run_dir, directory))}: read-only file system while "
+            f"{what} (removed what it had written); the last whole checkpoint is "
+            f"{checkpoint_dir}/ckpt-1: make the filesystem writable and rerun the same command to "
+            "resume from it"
+        )
+        assert sorted(os.listdir(checkpoint_dir)) == before
     finally:
         small.close()
