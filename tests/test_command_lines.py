@@ -115,6 +115,28 @@ CASES = [
         "--optimizer=muon --exclude_layers=output",
         "trainer.train: error: --exclude_layers=output: must name layers of the model: dense_0",
     ),
+    BadInput(
+        "trainer.train",
+        "--loss_scale_growth_interval=10",
+        "trainer.train: error: --loss_scale_growth_interval=10: only --precision=mixed_float16 "
+        "scales the loss (not --precision=float32)",
+    ),
+    BadInput(
+        "trainer.train",
+        "--precision=mixed_bfloat16 --initial_loss_scale=1024",
+        "trainer.train: error: --initial_loss_scale=1024.0: only --precision=mixed_float16 "
+        "scales the loss (not --precision=mixed_bfloat16)",
+    ),
+    BadInput(
+        "trainer.train",
+        "--precision=mixed_float16 --initial_loss_scale=inf",
+        "trainer.train: error: --initial_loss_scale=inf: must be a positive, finite scale",
+    ),
+    BadInput(
+        "trainer.train",
+        "--precision=mixed_float16 --loss_scale_growth_interval=0",
+        "trainer.train: error: --loss_scale_growth_interval=0: must be at least 1",
+    ),
     BadInput("trainer.train", "--strategy=tpu", "flag --strategy=tpu: value should be one of"),
     BadInput(
         "trainer.train",
