@@ -91,14 +91,16 @@ def writing(directory: str, what: str, undo: Callable[[], None]):
 
 def _next_step(path: str, remedy: str) -> str:
     path = os.path.abspath(path)
-    for run_dir, checkpoints in _checkpoint_dirs.items():
-        if os.path.commonpath([path, run_dir]) == run_dir:
-            latest = tf.train.latest_checkpoint(checkpoints)
-            if latest:
-                return (
-                    f"the last whole checkpoint is {latest}: {remedy} and rerun "
-                    "the same command to resume from it"
-                )
+    holding = [
+        run_dir for run_dir in _checkpoint_dirs if os.path.commonpath([path, run_dir]) == run_dir
+    ]
+    if holding:  # The innermost: a process may have noted a run in a directory above this one.
+        latest = tf.train.latest_checkpoint(_checkpoint_dirs[max(holding, key=len)])
+        if latest:
+            return (
+                f"the last whole checkpoint is {latest}: {remedy} and rerun "
+                "the same command to resume from it"
+            )
     return f"no checkpoint was saved yet: {remedy} and rerun the same command to start the run"
 
 
