@@ -21,14 +21,18 @@ $(VENV)/.installed: requirements.txt
 train: venv
 	$(PYTHON) -m trainer.train $(ARGS)
 
+# pytest-xdist's workers for make test and test-fast: a test file's tests stay in one worker (--dist loadfile),
+# so a module's shared runs are made once. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+
 # The whole suite, as CI runs it, after the linter.
 test: venv slurm image-tools lint
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The tests not marked slow, for the edit-test loop: they start no process, cluster or server
 # (tests/conftest.py fails one that does without the mark) and train for seconds at most.
 test-fast: venv
-	$(PYTHON) -m pytest -q -m "not slow" tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 # ruff's settings are in pyproject.toml.
 lint: venv

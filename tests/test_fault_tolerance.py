@@ -132,15 +132,52 @@ RECIPES = {
     # Accumulation's 5 micro-batches of 50, and SAM's two passes over them.
     "adam-accumulated-sam": dict(optimizer="adam", grad_accum_steps=5, sam_rho=0.05),
 }
+# The recipe that goes through the real command line, killed with SIGKILL; the others are killed
+# in this process, right after the same save (the checkpoint is all a resumption reads either way).
+KILLED_FOR_REAL = "adam-accumulated-sam"
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
-def test_each_recipe_with_clipping_and_ema_resumes_bit_for_bit_after_kill_9(name, tmp_path):
-    config = dataclasses.replace(CONFIG, clip_global_norm=0.5, ema_decay=0.9, **RECIPES[name])
+def recipe_config(name: str) -> TrainConfig:
+    return dataclasses.replace(CONFIG, clip_global_norm=0.5, ema_decay=0.9, **RECIPES[name])
+
+
+def test_a_recipe_with_clipping_and_ema_resumes_bit_for_bit_after_kill_9(tmp_path):
+    config = recipe_config(KILLED_FOR_REAL)
     run_to_end(tmp_path, "uninterrupted", config)
     want = final_state(tmp_path, "uninterrupted")
     assert any("averages" in key for key in want) and any("clipped_steps" in key for key in want)
     kill_and_resume(tmp_path, "killed", config)
+    assert_bitwise_equal(final_state(tmp_path, "killed"), want)
+
+
+class _Killed(BaseException):
+    """Ends a run in this process as SIGKILL would: nothing after the save runs."""
+
+
+@pytest.mark.parametrize("name", sorted(set(RECIPES) - {KILLED_FOR_REAL}))
+def test_each_other_recipe_resumes_bit_for_bit_from_a_checkpoint_mid_run(
+    name, tmp_path, monkeypatch
+):
+    config = dataclasses.replace(recipe_config(name), logdir=str(tmp_path))
+    train_and_evaluate(dataclasses.replace(config, run_name="uninterrupted"))
+    want = final_state(tmp_path, "uninterrupted")
+    assert any("averages" in key for key in want) and any("clipped_steps" in key for key in want)
+
+    save = RunCheckpoints.save
+
+    def save_then_die(self, step):
+        path = save(self, step)
+        if step == 50:
+            raise _Killed(path)
+        return path
+
+    killed = dataclasses.replace(config, run_name="killed")
+    with monkeypatch.context() as patched:
+        patched.setattr(RunCheckpoints, "save", save_then_die)
+        with pytest.raises(_Killed):
+            train_and_evaluate(killed)
+    assert tf.train.latest_checkpoint(tmp_path / "killed" / CHECKPOINT_DIR).endswith("ckpt-50")
+    assert train_and_evaluate(killed).steps == FINAL_STEP
     assert_bitwise_equal(final_state(tmp_path, "killed"), want)
 
 
