@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from trainer.optimizers.adam import Adam
 from trainer.optimizers.adamw import AdamW
-from trainer.optimizers.base import REGISTRY, LearningRate, Optimizer
+from trainer.optimizers.base import REGISTRY, DynamicLossScale, LearningRate, Optimizer
 from trainer.optimizers.clipping import ClipByGlobalNorm
 from trainer.optimizers.ema import WeightEMA
 from trainer.optimizers.gradient_descent import GradientDescent
@@ -48,12 +48,13 @@ def create(
     name: str,
     learning_rate: LearningRate,
     xla_update: bool = True,
-    loss_scaling: bool = False,
+    loss_scaling: bool | DynamicLossScale = False,
     transforms: Sequence[Transform] = (),
     **settings,
 ) -> Optimizer:
     """Returns a new optimizer by its short name (see OPTIMIZERS): its defaults, but for the
-    `settings` given (keywords of its class, see `options`)."""
+    `settings` given (keywords of its class, see `options`). `loss_scaling`: True for the
+    default dynamic loss scale, or the DynamicLossScale to use."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     unknown = sorted(set(settings) - set(options(name)))
@@ -73,6 +74,7 @@ __all__ = [
     "AdamW",
     "ClipByGlobalNorm",
     "DecoupledWeightDecay",
+    "DynamicLossScale",
     "GradientDescent",
     "LearningRate",
     "Lion",

@@ -16,7 +16,6 @@ from models.mlp import MLP
 from trainer import optimizers
 from trainer.common.errors import OneLineError
 from trainer.config import TrainConfig
-from trainer.optimizers.base import DynamicLossScale
 from trainer.step.machine_fit import uses_xla
 from trainer.step.metrics import ClassificationMetrics
 from trainer.step.steps import compile_loop, make_eval_step, make_train_step
@@ -64,7 +63,7 @@ def optimizer_for(
         transforms.append(optimizers.ClipByGlobalNorm(config.clip_global_norm))
     if config.ema_decay:
         transforms.append(optimizers.WeightEMA(config.ema_decay, averages))
-    loss_scaling = config.precision == "mixed_float16" and DynamicLossScale(
+    loss_scaling = config.precision == "mixed_float16" and optimizers.DynamicLossScale(
         config.initial_loss_scale, config.loss_scale_growth_interval
     )
     return optimizers.create(
