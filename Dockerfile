@@ -7,11 +7,12 @@
 #   docker build --build-arg GIT_COMMIT="$(git rev-parse HEAD)" -t mlp .
 #
 # Build arguments:
-#   BASE               Debian bookworm with Python 3.11, what requirements.txt is pinned for.
-#   TENSORFLOW_EXTRA   and-cuda: a GPU image. TensorFlow's CUDA extra installs CUDA and cuDNN
-#                      as wheels; the node's NVIDIA driver, mounted by the NVIDIA container
-#                      toolkit, does the rest, so the default base serves. An NVIDIA base
-#                      (nvidia/cuda:*) also works as BASE if it has Python 3.11 with venv.
+#   BASE               Debian bookworm with Python 3.11, what the requirements are locked for.
+#   TENSORFLOW_EXTRA   and-cuda: a GPU image, from requirements-and-cuda.lock. TensorFlow's CUDA
+#                      extra installs CUDA and cuDNN as wheels; the node's NVIDIA driver, mounted
+#                      by the NVIDIA container toolkit, does the rest, so the default base
+#                      serves. An NVIDIA base (nvidia/cuda:*) also works as BASE if it has
+#                      Python 3.11 with venv.
 #   GIT_COMMIT         the commit the code is from: a run's flags.txt names it (no .git here).
 # Secret:
 #   ca                 an extra CA certificate for pip, behind a TLS-inspecting proxy
@@ -31,21 +32,24 @@ RUN useradd --create-home --uid 1000 --user-group trainer
 WORKDIR /app
 
 # The requirements in a layer of their own, before the code: a change of code rebuilds in seconds.
-COPY requirements.txt ./
+# The program's lock only (`make lock` writes it from requirements.txt): every package at its
+# locked version, each file checked against its hash, no test or lint tool.
+COPY requirements.lock requirements-and-cuda.lock ./
 ARG TENSORFLOW_EXTRA=
 RUN --mount=type=secret,id=ca \
     set -eu; \
+    lock="requirements${TENSORFLOW_EXTRA:+-$TENSORFLOW_EXTRA}.lock"; \
+    if [ ! -f "$lock" ]; then \
+        echo "TENSORFLOW_EXTRA=$TENSORFLOW_EXTRA: no $lock (the locked extras: and-cuda)" >&2; \
+        exit 1; \
+    fi; \
     if [ -s /run/secrets/ca ]; then \
         cat /etc/ssl/certs/ca-certificates.crt /run/secrets/ca > /tmp/pip-ca.pem 2>/dev/null \
             || cp /run/secrets/ca /tmp/pip-ca.pem; \
         export PIP_CERT=/tmp/pip-ca.pem; \
     fi; \
     python3 -m venv "$VIRTUAL_ENV"; \
-    extra=""; \
-    if [ -n "$TENSORFLOW_EXTRA" ]; then \
-        extra="$(sed -n "s/^tensorflow==/tensorflow[$TENSORFLOW_EXTRA]==/p" requirements.txt)"; \
-    fi; \
-    pip install --no-cache-dir --disable-pip-version-check -r requirements.txt $extra; \
+    pip install --no-cache-dir --disable-pip-version-check --require-hashes -r "$lock"; \
     rm -f /tmp/pip-ca.pem
 
 COPY . .

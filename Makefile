@@ -6,17 +6,34 @@ PYTHON := $(VENV)/bin/python
 # Extra flags for the trainer, e.g. make train ARGS="--epochs=2 --cpu_replicas=2"
 ARGS ?=
 
-.PHONY: train test test-fast lint format bench convergence chaos venv clean-venv slurm image \
-	image-tools
+.PHONY: train test test-fast lint format bench convergence chaos venv lock clean-venv slurm \
+	image image-tools
 
 venv: $(VENV)/.installed
 
-# Rebuilt whenever requirements.txt changes.
-$(VENV)/.installed: requirements.txt
+# Installed from requirements-dev.lock (the program's requirements and the test and lint tools,
+# each indirect one too, at the versions `make lock` wrote, every file checked against its hash);
+# rebuilt whenever that lock changes.
+$(VENV)/.installed: requirements-dev.lock
 	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
+
+# The locks, one per requirements file: every package it brings in, pinned, with the hashes of
+# all its files, for Python 3.11 on any platform (uv's universal resolution: Linux x86_64 and
+# arm64, macOS). requirements.lock is the image's; requirements-and-cuda.lock adds the CUDA wheels
+# (make image TENSORFLOW_EXTRA=and-cuda); requirements-dev.lock the test and lint tools (make
+# venv). Those two are resolved within requirements.lock, so the three agree on what they share,
+# and tests/test_lock.py checks the locks hold the requirements. Run after a change of a
+# requirements file; what is already locked stays unless LOCK_FLAGS=--upgrade (all to their
+# newest) or LOCK_FLAGS="--upgrade-package NAME".
+LOCK_FLAGS ?=
+LOCK := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--fork-strategy fewest --generate-hashes --custom-compile-command "make lock" $(LOCK_FLAGS)
+lock: venv
+	$(LOCK) requirements.txt -o requirements.lock
+	$(LOCK) requirements-and-cuda.txt -c requirements.lock -o requirements-and-cuda.lock
+	$(LOCK) requirements-dev.txt -c requirements.lock -o requirements-dev.lock
 
 train: venv
 	$(PYTHON) -m trainer.train $(ARGS)
