@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from data import SOURCES
 from data.build_mnist import DATA_DIR, IDX_SHA256
 
-SOURCES = ("auto", "tfds", "bundled")
 VALIDATION_SIZE = 10_000
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28

@@ -23,10 +23,10 @@ import sys
 
 from absl import app, flags
 
-# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+# Before the imports that may load TensorFlow: it sets up what the terminal shows of it.
 from trainer.common import terminal  # isort: split
 
-from launch.sweep_lib import exit_code, format_table, plan_sweep, run_sweep
+from launch.sweep_plan import plan_sweep
 from launch.trainer_args import LaunchError
 
 flags.DEFINE_multi_string(
@@ -50,6 +50,10 @@ def main(argv):
     except LaunchError as e:
         # One line naming the flag; nothing written.
         terminal.exit_with_error(e)
+    # TensorFlow (for the HParams summaries) loads only for a sweep that can run.
+    terminal.load_tensorflow()
+    from launch.sweep_lib import exit_code, format_table, run_sweep
+
     reports = run_sweep(sweep, FLAGS.parallel)
     print(format_table(sweep, reports))
     sys.exit(exit_code(reports))

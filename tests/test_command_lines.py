@@ -1,5 +1,5 @@
 """Bad input on every entry point's command line: one line naming the culprit, exit code 1,
-and nothing written."""
+and nothing written; and refused before TensorFlow loads, but where the check needs it."""
 
 import concurrent.futures
 import dataclasses
@@ -19,6 +19,9 @@ class BadInput:
     args: str  # Split on spaces; relative paths are in the case's own working directory.
     error: str  # What the one error line says.
     tf_config: str | None = None  # TF_CONFIG, which is otherwise unset.
+    # Whether the refusal needs TensorFlow loaded (a strategy, the data, a checkpoint, a built
+    # optimizer, ...); a flag's own check never does (trainer/choices.py).
+    loads_tensorflow: bool = False
 
     def __str__(self):
         tf_config = f" TF_CONFIG={self.tf_config}" if self.tf_config else ""
@@ -68,6 +71,7 @@ CASES = [
         "--batch_size=100 --grad_accum_steps=3",
         "trainer.train: error: --batch_size=100: must be divisible by the 1 replicas in sync "
         "times --grad_accum_steps=3",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.train",
@@ -99,6 +103,7 @@ CASES = [
         "trainer.train",
         "--optimizer=lion --beta_1=0",
         "trainer.train: error: --optimizer=lion: beta_1 must be in (0, 1)",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.train",
@@ -153,16 +158,19 @@ CASES = [
         "trainer.train",
         "--cpu_replicas=2 --batch_size=129",
         "trainer.train: error: --batch_size=129: must be divisible by the 2 replicas",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.train",
         f"--logdir={A_FILE}",
         f"trainer.train: error: --logdir={A_FILE}: is a file, not a directory",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.train",
         "--logdir=/proc/no_such_logdir",
         "trainer.train: error: --logdir=/proc/no_such_logdir: cannot create",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.train",
@@ -196,20 +204,26 @@ CASES = [
         "trainer.convergence",
         "adam",
         "trainer.convergence: error: unexpected argument 'adam': settings are flags",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.bench",
         "throughput",
         "trainer.bench: error: unexpected argument 'throughput': settings are flags",
+        loads_tensorflow=True,
     ),
     BadInput(
-        "trainer.train", "--strategy=multi_worker", "trainer.train: error: TF_CONFIG is not set"
+        "trainer.train",
+        "--strategy=multi_worker",
+        "trainer.train: error: TF_CONFIG is not set",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.train",
         "--strategy=multi_worker",
         "trainer.train: error: TF_CONFIG is malformed",
         tf_config="{not json",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.train",
@@ -217,29 +231,44 @@ CASES = [
         "is not in its cluster",
         tf_config='{"cluster": {"worker": ["127.0.0.1:1"]}, '
         '"task": {"type": "worker", "index": 3}}',
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.convergence",
         "--optimizers=gd,sgd",
         "flag --optimizers=['gd', 'sgd']: must be distinct names of: adam, adamw, gd, lion",
+        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.convergence",
         "--learning_rates=0.1,-0.1",
         "flag --learning_rates=[0.1, -0.1]: must be distinct positive float32 numbers",
+        loads_tensorflow=True,
     ),
-    BadInput("trainer.convergence", "--max_iters=0", "flag --max_iters=0: must be at least 1"),
+    BadInput(
+        "trainer.convergence",
+        "--max_iters=0",
+        "flag --max_iters=0: must be at least 1",
+        loads_tensorflow=True,
+    ),
     BadInput(
         "trainer.convergence",
         "--init_val=nan",
         "flag --init_val=nan: must be a finite float32 number",
+        loads_tensorflow=True,
     ),
-    BadInput("trainer.convergence", f"--json={TAKEN}", f"flag --json={TAKEN}: already exists"),
+    BadInput(
+        "trainer.convergence",
+        f"--json={TAKEN}",
+        f"flag --json={TAKEN}: already exists",
+        loads_tensorflow=True,
+    ),
     BadInput(
         "trainer.convergence",
         f"--logdir={OTHER_SUITE}",
         f"trainer.convergence: error: --logdir={OTHER_SUITE}: holds a suite run with other "
         "settings",
+        loads_tensorflow=True,
     ),
     BadInput(
         "launch.sweep",
@@ -366,17 +395,21 @@ def outcomes(tmp_path_factory):
 
     def run(case, workdir):
         case_env = env if case.tf_config is None else {**env, "TF_CONFIG": case.tf_config}
-        return finish(start_module(case.module, *case.args.split(), cwd=workdir, env=case_env))
+        note = workdir.parent / f"{workdir.name}.imports"  # Beside the directory, not in it.
+        case_env = {**case_env, "NOTE_IMPORTS_TO": str(note)}
+        args = case.module, *case.args.split()
+        done = finish(start_module("tests.noting_imports", *args, cwd=workdir, env=case_env))
+        return done, note.read_text()
 
     prepared = {case: prepare(case) for case in CASES}
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         done = pool.map(run, CASES, [workdir for workdir, _ in prepared.values()])
-        return {case: (*prepared[case], result) for case, result in zip(CASES, done)}
+        return {case: (*prepared[case], *result) for case, result in zip(CASES, done)}
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(case, outcomes):
-    workdir, before, done = outcomes[case]
+    workdir, before, done, _ = outcomes[case]
     assert done.returncode == 1, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     naming = [line for line in lines if case.error in line]
@@ -386,3 +419,9 @@ def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(case, outco
     absl = naming == lines[-2:-1] and naming[0].startswith("FATAL Flags parsing error: flag ")
     assert ours or absl, done.stderr[-2000:]
     assert contents(workdir) == before  # Refused before anything was written.
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_bad_input_is_refused_before_tensorflow_loads_unless_the_check_needs_it(case, outcomes):
+    *_, imports = outcomes[case]
+    assert (imports == "tensorflow loaded") == case.loads_tensorflow

@@ -9,8 +9,8 @@ import tensorflow as tf
 from trainer import optimizers
 from trainer.config import ConfigError, TrainConfig
 from trainer.distribution import strategies
+from trainer.loop.resumable import Resumable
 from trainer.optimizers.base import DynamicLossScale
-from trainer.recipe import Resumable
 from trainer.run.checkpoints import RunCheckpoints
 from trainer.step.state import DivergenceError, build_train_state
 

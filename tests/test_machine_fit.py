@@ -7,7 +7,6 @@ import logging
 import pytest
 
 from tests.test_machine import SAPPHIRE_RAPIDS, ZEN2, ZEN4
-from trainer import recipe
 from trainer.common import machine
 from trainer.config import TrainConfig
 from trainer.distribution import strategies
@@ -81,11 +80,11 @@ def strategy():
 
 def test_a_new_run_records_what_auto_chose(tmp_path, strategy):
     config = TrainConfig(logdir=str(tmp_path))
-    fitted = recipe.fit_to_machine(config, strategy)
+    fitted = machine_fit.fit_to_machine(config, strategy)
     assert fitted.jit_compile == ("true" if machine_fit.uses_xla("auto") else "false")
     assert fitted.run_dir_name() == config.run_dir_name()  # Rounding only: the same run.
     explicit = dataclasses.replace(config, jit_compile="true")
-    assert recipe.fit_to_machine(explicit, strategy) == explicit
+    assert machine_fit.fit_to_machine(explicit, strategy) == explicit
 
 
 @pytest.mark.parametrize("started", ["true", "false", "True", "False"])  # Older runs: True.
@@ -94,7 +93,7 @@ def test_a_resumed_run_keeps_the_choice_it_started_with(tmp_path, strategy, star
     run_dir = tmp_path / config.run_dir_name()
     run_dir.mkdir()
     (run_dir / "flags.txt").write_text(f"# git commit abc\n--epochs=10\n--jit_compile={started}\n")
-    assert recipe.fit_to_machine(config, strategy).jit_compile == started.lower()
+    assert machine_fit.fit_to_machine(config, strategy).jit_compile == started.lower()
 
 
 def test_bfloat16_that_would_abort_the_process_is_refused_in_one_line():

@@ -1,7 +1,7 @@
 """The trainer's process ends within seconds of its last line, preempted or finished.
 
 Schedulers kill 30 s after SIGTERM and restart a job only once it has exited; TensorFlow's
-teardown alone can take up to a minute (trainer/loop/exiting.py skips it). One run is stopped
+teardown alone can take up to a minute (trainer/common/exiting.py skips it). One run is stopped
 twice and resumed: SIGTERM as an epoch starts, SIGTERM just before an epoch ends (after ten
 epochs in that process: the longer a train iterator runs, the longer its deletion takes, unless
 skipped), then a normal end. Each SIGTERM is sent while the trainer is held at a known step

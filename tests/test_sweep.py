@@ -21,7 +21,8 @@ from tensorboard.plugins.hparams import (
 )
 
 from launch import sweep_lib
-from launch.sweep_lib import EXPERIMENT_SUFFIX, LOG_FILE, METRICS, SESSION_SUFFIX, plan_sweep
+from launch.sweep_lib import EXPERIMENT_SUFFIX, LOG_FILE, METRICS, SESSION_SUFFIX
+from launch.sweep_plan import plan_sweep
 from launch.trainer_args import LaunchError
 from tests.toolkit import Pause, command_line, environment, finish, start_module
 from trainer.config import TrainConfig

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from data import mnist
 from tests import test_distributed, test_mixed_precision, test_optimizers
-from trainer import optimizers
+from trainer import choices, optimizers
 from trainer.config import TrainConfig
 from trainer.convergence.suite import EXCEEDED, SADDLE, ConvergenceSuite
 from trainer.distribution import strategies
@@ -26,6 +26,8 @@ FILE_BLOCK = re.compile(
     r"^[^\n]*`trainer/optimizers/rmsprop\.py`[^\n]*:\n\n```python\n(.*?)^```$",
     re.MULTILINE | re.DOTALL,
 )
+# The line the page adds to trainer/choices.py's OPTIMIZERS: the python block after "its line".
+CHOICES_LINE = re.compile(r"its line in\s+`OPTIMIZERS` is:\n\n```python\n(.*?)^```$", re.M | re.S)
 
 
 def page_source() -> str:
@@ -36,19 +38,33 @@ def page_source() -> str:
     return "\n" * text.count("\n", 0, match.start(1)) + match.group(1)
 
 
+def page_choices_line() -> dict:
+    """The page's line for trainer/choices.py's OPTIMIZERS, as the dict entry it is."""
+    [match] = CHOICES_LINE.finditer(PAGE.read_text(encoding="utf-8"))
+    return eval("{" + match.group(1) + "}")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def page_rmsprop():
-    """The page's file as the module `trainer.optimizers.rmsprop`, registered as importing that
-    file would register it, but not written into the source tree (other tests run beside this
-    one); unregistered afterwards, and whatever held the name before put back."""
+    """The page's file as the module `trainer.optimizers.rmsprop` and its line in
+    trainer/choices.py, registered as importing that file would register it, but neither
+    written into the source tree (other tests run beside this one); unregistered afterwards,
+    and whatever held the name before put back."""
     registered, imported = optimizers.OPTIMIZERS.pop(NAME, None), sys.modules.pop(MODULE, None)
+    listed = choices.OPTIMIZERS.pop(NAME, None)
     module = sys.modules[MODULE] = types.ModuleType(MODULE)
     module.__file__ = str(PAGE)
     try:
+        with pytest.raises(TypeError, match="trainer/choices.py's OPTIMIZERS must hold 'rmsprop'"):
+            exec(compile(page_source(), str(PAGE), "exec"), {"__name__": MODULE})
+        choices.OPTIMIZERS.update(page_choices_line())
         exec(compile(page_source(), str(PAGE), "exec"), module.__dict__)
         yield module.RMSprop
     finally:
         optimizers.OPTIMIZERS.pop(NAME, None)
+        choices.OPTIMIZERS.pop(NAME, None)
+        if listed is not None:
+            choices.OPTIMIZERS[NAME] = listed
         del sys.modules[MODULE]
         if registered is not None:
             optimizers.OPTIMIZERS[NAME] = registered

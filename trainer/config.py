@@ -1,7 +1,10 @@
 """The trainer's settings as plain data, checked before any work starts.
 
 Only the entry point reads flags; it builds a TrainConfig and the library takes it from there,
-so tests and sweeps call the very same code with a config of their own.
+so tests and sweeps call the very same code with a config of their own. It imports no
+TensorFlow (the choices come from trainer/choices.py), so a bad flag is refused at once; what
+only a built optimizer can tell is checked where TensorFlow is loaded
+(`trainer.step.state.check_optimizer`).
 """
 
 import dataclasses
@@ -10,27 +13,24 @@ import os
 import re
 from collections.abc import Sequence
 
-from data.mnist import SOURCES
-from trainer import optimizers
+from data import SOURCES
+from trainer.choices import (
+    INITIAL_LOSS_SCALE,
+    JIT_COMPILE_CHOICES,
+    LOSS_SCALE_GROWTH_INTERVAL,
+    OPTIMIZER_SETTINGS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SAM_MODES,
+    SCHEDULES,
+    STRATEGIES,
+)
 from trainer.common.errors import OneLineError
-from trainer.distribution.strategies import STRATEGIES
-from trainer.optimizers import OPTIMIZERS, SCHEDULES
-from trainer.optimizers.base import INITIAL_LOSS_SCALE, LOSS_SCALE_GROWTH_INTERVAL
-from trainer.step.machine_fit import JIT_COMPILE_CHOICES
-from trainer.step.sam import SAM_MODES
 
-# Keras's policy names. Mixed: float32 variables and optimizer state, compute in the other dtype.
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 _PRECISION_SUFFIX = {"float32": "", "mixed_bfloat16": "_bf16", "mixed_float16": "_fp16"}
 
-
-# The settings that decide what a run computes. A run directory belongs to one set of them:
-# resuming it with others would silently mix two experiments. The rest (devices, logging
-# cadence, where data comes from) may change between a run and its resumption.
-# Settings of the optimizer, each a keyword of the optimizers that take it; unset (None):
-# the optimizer's own default.
-OPTIMIZER_SETTINGS = ("weight_decay", "beta_1", "beta_2", "momentum", "exclude_layers")
-# Their tags in a run's directory name.
+# The tags in a run's directory name of the settings that are not at their defaults. The
+# optimizer's settings (OPTIMIZER_SETTINGS) are unset (None) by default: the optimizer's own.
 _NAME_TAGS = {
     "weight_decay": "wd",
     "beta_1": "b1_",
@@ -46,6 +46,9 @@ _NAME_TAGS = {
     "loss_scale_growth_interval": "lsgrow",
 }
 
+# The settings that decide what a run computes. A run directory belongs to one set of them:
+# resuming it with others would silently mix two experiments. The rest (devices, logging
+# cadence, where data comes from) may change between a run and its resumption.
 RESULT_FIELDS = (
     "optimizer",
     *OPTIMIZER_SETTINGS,
@@ -286,9 +289,9 @@ class TrainConfig:
     def _validate_optimizer_settings(self, need) -> None:
         for name in OPTIMIZER_SETTINGS:
             if getattr(self, name) is not None:
-                takers = [o for o in OPTIMIZERS if name in optimizers.options(o)]
+                takers = [o for o in OPTIMIZERS if name in OPTIMIZERS[o]]
                 need(
-                    name in optimizers.options(self.optimizer),
+                    name in OPTIMIZERS[self.optimizer],
                     name,
                     f"--optimizer={self.optimizer} takes no {name}; "
                     f"{', '.join(takers) or 'no optimizer'} {'does' if len(takers) == 1 else 'do'}",
@@ -328,11 +331,6 @@ class TrainConfig:
             "ema_decay",
             "must be 0 (no average) or a decay in (0, 1), e.g. 0.999",
         )
-        try:  # What only the optimizer knows, e.g. that Lion's beta_1 may not be 0.
-            optimizers.create(self.optimizer, self.learning_rate, **self.optimizer_settings())
-        except ValueError as e:
-            problem = str(e).removeprefix(f"{self.optimizer}: ")
-            raise ConfigError(f"--optimizer={self.optimizer}: {problem}") from None
 
     def _validate_loss_scaling(self, need) -> None:
         need(
@@ -360,6 +358,10 @@ class TrainConfig:
         """The optimizer's keyword settings that are set, as its constructor takes them."""
         settings = {name: getattr(self, name) for name in OPTIMIZER_SETTINGS}
         return {name: value for name, value in settings.items() if value is not None}
+
+    def run_dir(self) -> str:
+        """The run's directory: `run_dir_name()` under logdir."""
+        return os.path.join(self.logdir, self.run_dir_name())
 
     def run_dir_name(self) -> str:
         """The run's directory under logdir: the same settings resume the same run."""

@@ -10,19 +10,15 @@ the latest checkpoint there.
 
 import sys
 
-# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+# Before the imports that may load TensorFlow: it sets up what the terminal shows of it.
 from trainer.common import terminal  # isort: split
 
-import tensorflow as tf
 from absl import app, flags, logging
 
-from data.mnist import DataError
 from trainer import flags as trainer_flags
 from trainer.common.errors import OneLineError
 from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
-from trainer.loop.exiting import exit_promptly
-from trainer.loop.preemption import Preempted
-from trainer.recipe import RunFinished, train_and_evaluate
+from trainer.common.exiting import exit_promptly
 
 FLAGS = flags.FLAGS
 trainer_flags.define_flags(FLAGS)
@@ -33,7 +29,25 @@ flags.adopt_module_key_flags(trainer_flags)
 def main(argv):
     terminal.refuse_arguments(argv)
     try:
-        result = train_and_evaluate(trainer_flags.config_from_flags(FLAGS).validate())
+        config = trainer_flags.config_from_flags(FLAGS).validate()
+    except OneLineError as e:  # Refused before TensorFlow loads: the line comes at once.
+        terminal.exit_with_error(e)
+    train(config)
+
+
+def train(config):
+    """Trains the checked config and prints its test score; a failure the user can act on is
+    one line and a non-zero exit."""
+    terminal.load_tensorflow()  # Only now: the flags were checked without it.
+    import tensorflow as tf
+
+    from data.mnist import DataError
+    from trainer.loop.preemption import Preempted
+    from trainer.recipe import train_and_evaluate
+    from trainer.run.directory import RunFinished
+
+    try:
+        result = train_and_evaluate(config)
     except (OneLineError, DataError) as e:  # data/ stands alone, below the trainer.
         # One line naming the flag, file or step; non-zero exit; nothing written over.
         terminal.exit_with_error(e)

@@ -20,8 +20,12 @@ import json
 import os
 import time
 
-# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+# Before the imports that load TensorFlow: what the terminal shows of it, and TensorFlow.
 from trainer.common import terminal  # isort: split
+
+from trainer.common import quiet_tensorflow  # noqa: F401
+
+# isort: split
 
 from absl import app, flags, logging
 
@@ -33,9 +37,9 @@ from trainer.bench import step_profile
 from trainer.bench import training as bench_training
 from trainer.common import ctrl_c
 from trainer.common import machine as machine_description
+from trainer.common.exiting import exit_promptly
 from trainer.common.tables import markdown_table
 from trainer.distribution import strategies
-from trainer.loop.exiting import exit_promptly
 from trainer.run.files import git_commit
 
 SECTIONS = {

@@ -41,7 +41,8 @@ from trainer.bench.training import (
     flops_per_example,
     measure,
 )
-from trainer.config import PRECISIONS, TrainConfig
+from trainer.choices import PRECISIONS
+from trainer.config import TrainConfig
 from trainer.distribution import strategies
 from trainer.step.state import COMPUTE_DTYPES
 

@@ -2,13 +2,16 @@
 chatter (oneDNN and CUDA probes, XLA service lines, "Sharding callback duration" after every
 checkpoint, SavedModel signature renames, ...), and one line, not a traceback, for a Ctrl-C.
 
-Every entry point imports this module before anything that loads TensorFlow:
+Every entry point imports this module first, before anything that may load TensorFlow:
 
-    # Before the imports that load TensorFlow: it sets up what the terminal shows of it.
-    import trainer.common.terminal  # noqa: F401
+    # Before the imports that may load TensorFlow: it sets up what the terminal shows of it.
+    from trainer.common import terminal  # isort: split
 
-because TensorFlow's C++ logging reads its level (TF_CPP_MIN_LOG_LEVEL) once, as it loads, and
-the entry points' other imports load it. absl's --verbosity decides what the user sees:
+because TensorFlow's C++ logging reads its level (TF_CPP_MIN_LOG_LEVEL) once, as it loads. It
+loads TensorFlow itself through `load_tensorflow()`: at its start, by importing
+trainer.common.quiet_tensorflow, if it needs TensorFlow throughout; or only once its flags are
+checked (trainer.train, launch.sweep), so that a bad flag is refused without waiting for it.
+absl's --verbosity decides what the user sees:
 
     0 (the default)   our INFO lines, and every line at WARNING or above
     1 (-v 1)          also our DEBUG lines and the libraries' INFO lines, C++ and Python
@@ -149,10 +152,13 @@ def _cpp_level() -> int:
         return 0  # What TensorFlow makes of it too.
 
 
-def _load_tensorflow() -> None:
-    """Imports TensorFlow and passes on only the C++ lines it writes while loading that are at
-    TF_CPP_MIN_LOG_LEVEL or above: some of its libraries log (the oneDNN notice, the CUDA
-    probe) before they read the level. Python's own writes (warnings) go straight through."""
+def load_tensorflow() -> None:
+    """Imports TensorFlow, if not yet, and passes on only the C++ lines it writes while loading
+    that are at TF_CPP_MIN_LOG_LEVEL or above: some of its libraries log (the oneDNN notice,
+    the CUDA probe) before they read the level. Python's own writes (warnings) go straight
+    through."""
+    if "tensorflow" in sys.modules:
+        return
     sys.stderr.flush()
     terminal_fd = os.dup(2)
     python_stderr = sys.stderr
@@ -207,7 +213,6 @@ def _set_up() -> None:
     # each of its lines a second time ("INFO:tensorflow:Assets written to: ...").
     absl_logging.use_absl_handler()
     absl_logging.get_absl_handler().addFilter(_shown)
-    _load_tensorflow()
 
 
 _USER_CPP_LEVEL = os.environ.get(CPP_LEVEL)

@@ -25,8 +25,12 @@ import json
 import math
 import os
 
-# Before the imports that load TensorFlow: it sets up what the terminal shows of it.
+# Before the imports that load TensorFlow: what the terminal shows of it, and TensorFlow.
 from trainer.common import terminal  # isort: split
+
+from trainer.common import quiet_tensorflow  # noqa: F401
+
+# isort: split
 
 import numpy as np
 from absl import app, flags

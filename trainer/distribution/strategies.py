@@ -15,10 +15,9 @@ import os
 
 import tensorflow as tf
 
+from trainer.choices import STRATEGIES
 from trainer.distribution import StrategyError
 from trainer.distribution.slurm import in_job_step, job_step_cluster
-
-STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 
 
 def split_cpu(num_devices: int) -> list[str]:

@@ -2,18 +2,24 @@
 
 `create(name, learning_rate, ...)` maps a flag value to an optimizer. Every module of this
 package is imported here, so an optimizer defined in a new file with
-`class RMSprop(Optimizer, flag_name="rmsprop")` is `--optimizer=rmsprop` without a list to edit
+`class RMSprop(Optimizer, flag_name="rmsprop")` and listed in trainer/choices.py's OPTIMIZERS
+(which the flags are checked by, without TensorFlow) is `--optimizer=rmsprop`
 (docs/writing-an-optimizer.md).
 """
 
 import importlib
-import inspect
 import pkgutil
 from collections.abc import Sequence
 
 from trainer.optimizers.adam import Adam
 from trainer.optimizers.adamw import AdamW
-from trainer.optimizers.base import REGISTRY, DynamicLossScale, LearningRate, Optimizer
+from trainer.optimizers.base import (
+    REGISTRY,
+    DynamicLossScale,
+    LearningRate,
+    Optimizer,
+    settings_of,
+)
 from trainer.optimizers.clipping import ClipByGlobalNorm
 from trainer.optimizers.ema import WeightEMA
 from trainer.optimizers.gradient_descent import GradientDescent
@@ -31,17 +37,9 @@ for _module in pkgutil.iter_modules(__path__):  # Optimizers in files of their o
 OPTIMIZERS = REGISTRY
 
 
-_NOT_SETTINGS = ("learning_rate", "name", "transforms")  # Given apart from the settings.
-
-
 def options(name: str) -> tuple[str, ...]:
     """The keyword settings the optimizer named `name` takes (beyond the learning rate)."""
-    parameters = inspect.signature(OPTIMIZERS[name]).parameters.values()
-    return tuple(
-        p.name
-        for p in parameters
-        if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in _NOT_SETTINGS
-    )
+    return settings_of(OPTIMIZERS[name])
 
 
 def create(

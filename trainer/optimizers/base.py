@@ -45,21 +45,47 @@ strategy the default one runs the very same code with one replica.
 """
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from trainer import choices
+from trainer.choices import INITIAL_LOSS_SCALE, LOSS_SCALE_GROWTH_INTERVAL
 from trainer.optimizers.transform import Transform, slot_base_name
 
 LearningRate = float | tf.Tensor | Callable[[tf.Tensor], tf.Tensor]
 
-INITIAL_LOSS_SCALE = 2.0**15
-LOSS_SCALE_GROWTH_INTERVAL = 2000
 MIN_LOSS_SCALE = 1.0
 
 # Flag name -> Optimizer subclass, filled as the subclasses are defined (see __init_subclass__).
 REGISTRY: dict[str, type["Optimizer"]] = {}
+# Constructor keywords given apart from an optimizer's settings.
+_NOT_SETTINGS = ("learning_rate", "name", "transforms")
+
+
+def settings_of(optimizer_class: type) -> tuple[str, ...]:
+    """The keyword settings `optimizer_class` takes (beyond the learning rate)."""
+    parameters = inspect.signature(optimizer_class).parameters.values()
+    return tuple(
+        p.name
+        for p in parameters
+        if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in _NOT_SETTINGS
+    )
+
+
+def _check_listed(flag_name: str, optimizer_class: type) -> None:
+    """Raises TypeError unless trainer/choices.py lists the optimizer with the trainer's
+    settings its constructor takes: the config checks flags by that list alone."""
+    takes = tuple(s for s in choices.OPTIMIZER_SETTINGS if s in settings_of(optimizer_class))
+    listed = choices.OPTIMIZERS.get(flag_name)
+    if listed is None or set(listed) != set(takes):
+        raise TypeError(
+            f"optimizer {flag_name!r}: trainer/choices.py's OPTIMIZERS must hold "
+            f"{flag_name!r}: {takes!r} (it has {listed!r}), the settings of "
+            f"{', '.join(choices.OPTIMIZER_SETTINGS)} that {optimizer_class.__name__} takes"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +121,7 @@ class Optimizer(tf.Module):
         if flag_name is not None:
             if flag_name in REGISTRY:
                 raise ValueError(f"optimizer name {flag_name!r} is taken by {REGISTRY[flag_name]}")
+            _check_listed(flag_name, cls)
             REGISTRY[flag_name] = cls
 
     def __init__(

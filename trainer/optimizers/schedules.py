@@ -6,9 +6,8 @@ changes inside the compiled loop without retracing it.
 
 import tensorflow as tf
 
+from trainer.choices import SCHEDULES
 from trainer.optimizers.base import LearningRate
-
-SCHEDULES = ("constant", "cosine")
 
 
 def create_schedule(

@@ -12,7 +12,7 @@ call checks that the file ends on a whole event; if not, or on the error, the fi
 to the end of the last whole call and closed, and DiskFullError raised (trainer/run/disk.py);
 so on any other fault of the filesystem (an I/O error, a permission denied). Nothing is left to
 flush then, nor after a call that succeeded, so closing every writer as the
-process leaves (trainer/loop/exiting.py) writes nothing.
+process leaves (trainer/common/exiting.py) writes nothing.
 """
 
 import contextlib
@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer.common import exiting
 from trainer.run import disk
 
 
@@ -54,7 +55,7 @@ class MetricsWriter:
     """Writes tf.summary events under one run directory."""
 
     # Every writer not closed yet, for close_all() when the process leaves without Python's
-    # teardown (trainer/loop/exiting.py), e.g. on an error that left a run's writer open.
+    # teardown (trainer/common/exiting.py), e.g. on an error that left a run's writer open.
     _open = weakref.WeakSet()
 
     def __init__(self, logdir: str, is_chief: bool = True):
@@ -157,3 +158,7 @@ class MetricsWriter:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+# A process that ends through exiting.leave skips Python's teardown: its writers close there.
+exiting.close_before_exit(MetricsWriter.close_all)

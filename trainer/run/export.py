@@ -3,6 +3,7 @@
 import os
 
 import tensorflow as tf
+from absl import logging
 
 from data.mnist import IMAGE_SHAPE, NUM_PIXELS, to_features
 from trainer.run import disk
@@ -56,3 +57,16 @@ def export(model: tf.Module, directory: str) -> str:
         )
         tf.io.gfile.rename(partial, directory)
     return directory
+
+
+def export_once(model: tf.Module, export_dir: str) -> None:
+    """Exports the SavedModel, unless a rerun of a finished run finds it there already."""
+    if os.path.exists(export_dir):
+        logging.info(
+            "export for step %s already in %s; kept as it is",
+            os.path.basename(export_dir),
+            export_dir,
+        )
+    else:
+        export(model, export_dir)
+        logging.info("exported SavedModel to %s", export_dir)

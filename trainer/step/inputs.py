@@ -8,8 +8,8 @@ an uninterrupted run sees from there: resuming needs the step and nothing else.
 import tensorflow as tf
 
 from data import mnist
+from trainer.common import exiting
 from trainer.config import ConfigError, check_batch_split
-from trainer.loop import exiting
 
 EVAL_SPLITS = ("validation", "test")
 
@@ -45,7 +45,7 @@ class Inputs:
     def train_batches(self, step: int = 0):
         """An iterator over the distributed training batches from global step `step` on.
 
-        Deleting it can take a minute (trainer/loop/exiting.py): in a process that ends with
+        Deleting it can take a minute (trainer/common/exiting.py): in a process that ends with
         exiting.leave, it is never deleted.
         """
         epoch, done = divmod(step, self.steps_per_epoch)

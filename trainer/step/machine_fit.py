@@ -17,12 +17,17 @@ compares the two), so it does not name the run; the trainer records it in flags.
 same, so that a resumed run rounds as it started.
 """
 
+import dataclasses
+
+import tensorflow as tf
 from absl import logging
 
 from trainer.common import machine as machine_description
 from trainer.common.errors import OneLineError
+from trainer.config import TrainConfig, flagfile_values
+from trainer.distribution import workers
+from trainer.run import files
 
-JIT_COMPILE_CHOICES = ("auto", "true", "false")
 # oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) under which a bfloat16 matmul kills the process (exit
 # 139 on an AVX-512 CPU with TensorFlow 2.21); AVX512_CORE and up emulate bfloat16 and run.
 ISA_CAPS_WITHOUT_BFLOAT16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI")
@@ -78,3 +83,28 @@ def check_bfloat16_can_run(precision: str, machine: machine_description.Machine)
             "abort the process; unset it, set TF_ENABLE_ONEDNN_OPTS=0 as well, or train in "
             "--precision=float32"
         )
+
+
+def fit_to_machine(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainConfig:
+    """The config with --jit_compile=auto decided: as the run started, on a resumption, else
+    from this machine; the chief's choice on every worker (a collective). Refuses
+    mixed_bfloat16 where it would abort, and warns where it is slow."""
+    machine = machine_description.describe()
+    check_bfloat16_can_run(config.precision, machine)
+    warn_if_bfloat16_is_slow(config.precision, machine)
+    if config.jit_compile != "auto":
+        return config
+    run_dir = config.run_dir()
+    started = flagfile_values(files.read_flags(run_dir) or "").get("jit_compile", "").lower()
+    if started in ("true", "false"):
+        xla, why = started == "true", f"the run in {run_dir} started with it"
+    else:
+        xla, why = choose_jit_compile(machine)
+    if workers.chief_value(strategy, int(xla)) != xla:
+        xla, why = not xla, "the chief's choice, for the whole job"
+    logging.info(
+        "--jit_compile=auto: %s (%s)",
+        "XLA compiles forward and backward" if xla else "no XLA for forward and backward",
+        why,
+    )
+    return dataclasses.replace(config, jit_compile="true" if xla else "false")

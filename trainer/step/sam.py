@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-SAM_MODES = ("global", "per_replica")
+from trainer.choices import SAM_MODES
+
 # Added to ||g||: the gradients are float32 whatever the compute precision, so it survives.
 EPSILON = 1e-12
 

@@ -6,6 +6,7 @@ exactly what trains.
 """
 
 import dataclasses
+import hashlib
 import math
 import time
 
@@ -15,7 +16,7 @@ from data import mnist
 from models.mlp import MLP
 from trainer import optimizers
 from trainer.common.errors import OneLineError
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.step.machine_fit import uses_xla
 from trainer.step.metrics import ClassificationMetrics
 from trainer.step.steps import compile_loop, make_eval_step, make_train_step
@@ -41,6 +42,16 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optimiz
         total_steps=config.epochs * steps_per_epoch,
         warmup_steps=int(config.warmup_epochs * steps_per_epoch),
     )
+
+
+def check_optimizer(config: TrainConfig) -> None:
+    """Raises ConfigError for what only the optimizer knows of its settings (that Lion's beta_1
+    may not be 0); TrainConfig.validate checked the rest, without TensorFlow."""
+    try:
+        optimizers.create(config.optimizer, config.learning_rate, **config.optimizer_settings())
+    except ValueError as e:
+        problem = str(e).removeprefix(f"{config.optimizer}: ")
+        raise ConfigError(f"--optimizer={config.optimizer}: {problem}") from None
 
 
 def optimizer_for(
@@ -102,6 +113,13 @@ class TrainState:
         """The steps taken: the run's step, which numbers its checkpoints. With loss scaling
         it counts the steps skipped for an overflow, each of which took its batch too."""
         return int(self.optimizer.steps_taken.numpy())
+
+    def weights_fingerprint(self) -> str:
+        """SHA-256 of every weight's bytes: equal on two workers iff their weights are equal."""
+        digest = hashlib.sha256()
+        for variable in self.model.trainable_variables:
+            digest.update(variable.numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @property
     def data_position(self) -> int:

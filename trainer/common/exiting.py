@@ -12,23 +12,31 @@ are made by tf.distribute, out of reach of our tf.data options.
 
 So the entry point runs `main` through `exit_promptly`: the train iterators are kept
 (`keep_until_exit`) rather than deleted, what the run wrote is flushed and closed (summaries,
-log handlers, stdout and stderr; checkpoints and exports are whole once their save returns),
-and the process leaves with os._exit and the exit code Python would have given.
+through what `close_before_exit` was given; log handlers, stdout and stderr; checkpoints and
+exports are whole once their save returns), and the process leaves with os._exit and the exit
+code Python would have given.
 """
 
 import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from trainer.common import terminal
 from trainer.common.exit_codes import INTERRUPTED_EXIT_CODE
-from trainer.reporting.tensorboard import MetricsWriter
 
 # Objects whose deletion could hold up the exit, kept until os._exit ends the process. Only in
 # a process that ends that way: elsewhere (tests, benchmarks) they are deleted as usual.
 _kept = []
 _ends_promptly = False
+# What `leave` calls first, to close what Python's teardown would have closed.
+_closers: list[Callable[[], None]] = []
+
+
+def close_before_exit(close: Callable[[], None]) -> None:
+    """Has `leave` call `close()` before the process ends (MetricsWriter closes its writers)."""
+    _closers.append(close)
 
 
 def keep_until_exit(obj):
@@ -68,7 +76,8 @@ def leave(code: int | str | None) -> None:
     else:
         print(code, file=sys.stderr)
         status = 1
-    MetricsWriter.close_all()
+    for close in _closers:
+        close()
     logging.shutdown()  # What Python's exit would do: flushes and closes every log handler.
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
