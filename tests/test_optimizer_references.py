@@ -1,6 +1,6 @@
 """AdamW, Lion and Muon against an implementation we did not write: Keras 3's own.
 
-Keras's golden values (keras/src/optimizers/{adamw,lion}_test.py, same inputs, same outputs),
+Keras's golden values (keras/src/optimizers/{adamw,lion,muon}_test.py, same inputs, same outputs),
 then step for step beside `keras.optimizers.AdamW`, `Lion` and `Muon` on random problems.
 """
 
@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from trainer.optimizers import AdamW, Lion, Muon, is_weight_matrix
+from trainer.optimizers.muon import orthogonalize
 
 EVERYTHING = lambda var: True  # noqa: E731  Keras decays every variable it is not told to skip.
 
@@ -140,3 +141,37 @@ def test_muon_follows_keras_muon_on_the_mlps_shapes_for_10_steps():
         np.testing.assert_allclose(
             a.numpy(), np.asarray(b.numpy()), rtol=0, atol=1e-6, err_msg=name
         )
+
+
+def test_newton_schulz_reproduces_keras_golden_values():
+    # keras/src/optimizers/muon_test.py test_Newton_Schulz: Muon's defaults, 5 steps.
+    x = tf.constant([[0.2499, 0.9105], [0.2655, 0.8824]])
+    want = [[-0.4422, 0.6457], [0.7285, 0.2968]]
+    got = orthogonalize(x, 5, *Muon().muon_abc)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-3)  # Keras's tolerance.
+
+
+def test_muon_reproduces_keras_single_step_golden_values():
+    # keras/src/optimizers/muon_test.py test_muon_single_step: one step at learning rate 0.5,
+    # no weight decay, Moonlight's scale (rms_rate 0.2) on the 2 x 2 matrix.
+    var = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
+    Muon(0.5, weight_decay=0.0).apply_gradients([tf.constant([[1.0, 6.0], [7.0, 2.0]])], [var])
+    want = [[0.988775, 1.887053], [2.873428, 3.97035]]
+    np.testing.assert_allclose(var.numpy(), want, rtol=1e-2, atol=1e-2)  # Keras's tolerance.
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (96, 96), (256, 64)], ids=["wide", "square", "tall"])
+def test_muon_follows_keras_muon_on_each_orientation_for_10_steps(shape):
+    # The MLP's kernels are all tall ([in, out], in > out): here the wide one takes
+    # Newton-Schulz untransposed, the square one at the branch's edge.
+    rng = np.random.default_rng(1)
+    start = 0.05 * rng.normal(size=shape).astype(np.float32)
+    ours, theirs = tf.Variable(start, name="w"), keras.Variable(start, name="w")
+    muon, keras_muon = Muon(1e-3), keras.optimizers.Muon(1e-3)
+    for _ in range(10):
+        grad = tf.constant(rng.normal(size=shape).astype(np.float32))
+        muon.apply_gradients([grad], [ours])
+        keras_muon.apply_gradients([(grad, theirs)])
+    assert muon.takes_muon(ours)
+    assert np.abs(ours.numpy() - start).max() > 1e-3  # A thousand times the tolerance below.
+    np.testing.assert_allclose(ours.numpy(), np.asarray(theirs.numpy()), rtol=0, atol=1e-6)
