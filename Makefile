@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 ARGS ?=
 
 .PHONY: train test test-fast lint format bench convergence chaos venv lock clean-venv slurm \
-	image image-tools
+	image image-tools docs
 
 venv: $(VENV)/.installed
 
@@ -123,6 +123,11 @@ bench: venv
 # Runs killed again and again end bitwise as an uninterrupted run (minutes; not in make test).
 chaos: venv
 	$(PYTHON) -m tests.chaos $(ARGS)
+
+# The program output docs/training.md shows, written by running the program (tests/test_docs.py
+# checks the page still shows what it prints): after a change of what a run logs.
+docs: venv
+	$(PYTHON) -m tools.doc_transcripts
 
 clean-venv:
 	rm -rf $(VENV)
