@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.toolkit import environment, finish, start_module
-from trainer.convergence.suite import SETTINGS_FILE, SuiteSettings
+from trainer.convergence.settings import SETTINGS_FILE, SuiteSettings
 
 pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
@@ -204,7 +204,6 @@ CASES = [
         "trainer.convergence",
         "adam",
         "trainer.convergence: error: unexpected argument 'adam': settings are flags",
-        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.bench",
@@ -237,38 +236,32 @@ CASES = [
         "trainer.convergence",
         "--optimizers=gd,sgd",
         "flag --optimizers=['gd', 'sgd']: must be distinct names of: adam, adamw, gd, lion",
-        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.convergence",
         "--learning_rates=0.1,-0.1",
         "flag --learning_rates=[0.1, -0.1]: must be distinct positive float32 numbers",
-        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.convergence",
         "--max_iters=0",
         "flag --max_iters=0: must be at least 1",
-        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.convergence",
         "--init_val=nan",
         "flag --init_val=nan: must be a finite float32 number",
-        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.convergence",
         f"--json={TAKEN}",
         f"flag --json={TAKEN}: already exists",
-        loads_tensorflow=True,
     ),
     BadInput(
         "trainer.convergence",
         f"--logdir={OTHER_SUITE}",
         f"trainer.convergence: error: --logdir={OTHER_SUITE}: holds a suite run with other "
         "settings",
-        loads_tensorflow=True,
     ),
     BadInput(
         "launch.sweep",

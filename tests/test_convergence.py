@@ -13,17 +13,19 @@ import tensorflow as tf
 from tests.toolkit import run_module, summaries
 from trainer.bench import convergence as bench_convergence
 from trainer.convergence import notebook
+from trainer.convergence.settings import (
+    DEFAULT_OPTIMIZERS,
+    NOTEBOOK_OPTIMIZERS,
+    LogdirError,
+    SuiteSettings,
+)
 from trainer.convergence.suite import (
     CONVERGED,
-    DEFAULT_OPTIMIZERS,
     EXCEEDED,
     EXPLODED,
-    NOTEBOOK_OPTIMIZERS,
     OPTIMIZER_SETTINGS,
     ConvergenceSuite,
-    LogdirError,
     RunResult,
-    SuiteSettings,
     format_table,
     grad,
     loss,

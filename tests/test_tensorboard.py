@@ -12,7 +12,8 @@ import pytest
 from launch.ports import free_ports
 from tests.toolkit import start_module
 from trainer.config import TrainConfig
-from trainer.convergence.suite import SuiteSettings, run_and_report
+from trainer.convergence.settings import SuiteSettings
+from trainer.convergence.suite import run_and_report
 from trainer.recipe import train_and_evaluate
 
 pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.

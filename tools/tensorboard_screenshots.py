@@ -71,7 +71,8 @@ def write_demo_runs(logdir: str) -> None:
     """A 3-epoch MLP run `mlp` (a few seconds) and the convergence suite under `convergence`."""
     # Imported here: TensorFlow takes seconds to load and is not needed to show existing runs.
     from trainer.config import TrainConfig
-    from trainer.convergence.suite import SuiteSettings, run_and_report
+    from trainer.convergence.settings import SuiteSettings
+    from trainer.convergence.suite import run_and_report
     from trainer.recipe import train_and_evaluate
 
     train_and_evaluate(

@@ -10,7 +10,8 @@ import statistics
 import time
 
 from trainer.convergence import notebook
-from trainer.convergence.suite import NOTEBOOK_OPTIMIZERS, ConvergenceSuite, SuiteSettings
+from trainer.convergence.settings import NOTEBOOK_OPTIMIZERS, SuiteSettings
+from trainer.convergence.suite import ConvergenceSuite
 
 
 def run(

@@ -25,25 +25,12 @@ import json
 import math
 import os
 
-# Before the imports that load TensorFlow: what the terminal shows of it, and TensorFlow.
-from trainer.common import terminal  # isort: split
-
-from trainer.common import quiet_tensorflow  # noqa: F401
-
-# isort: split
-
 import numpy as np
 from absl import app, flags
 
-from trainer.common import ctrl_c
-from trainer.convergence.suite import (
-    LogdirError,
-    SuiteSettings,
-    format_table,
-    results_json,
-    run_and_report,
-)
-from trainer.optimizers import OPTIMIZERS
+from trainer.choices import OPTIMIZERS
+from trainer.common import ctrl_c, terminal
+from trainer.convergence.settings import LogdirError, SuiteSettings, check_logdir
 
 _DEFAULTS = SuiteSettings()
 
@@ -118,11 +105,16 @@ def main(argv):
         max_iters=FLAGS.max_iters,
     )
     try:
-        with ctrl_c.ends_at_once():  # Even inside the suite's one compiled loop.
-            results = run_and_report(settings, FLAGS.logdir)
-    except LogdirError as e:
         # A logdir holding other settings: one line naming the flag, nothing written over.
+        check_logdir(FLAGS.logdir, settings)
+    except LogdirError as e:
         terminal.exit_with_error(e)
+    # Every refusal is made by now, before TensorFlow loads.
+    terminal.load_tensorflow()
+    from trainer.convergence.suite import format_table, results_json, run_and_report
+
+    with ctrl_c.ends_at_once():  # Even inside the suite's one compiled loop.
+        results = run_and_report(settings, FLAGS.logdir)
     print(format_table(results))
     print(f"TensorBoard: {terminal.tensorboard_command(FLAGS.logdir)}")
     if FLAGS.json:

@@ -36,9 +36,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trainer.common.errors import OneLineError
 from trainer.common.tables import markdown_table
 from trainer.convergence import plots
+from trainer.convergence.settings import SETTINGS_FILE, SuiteSettings, check_logdir
 from trainer.optimizers import create
 from trainer.reporting.tensorboard import MetricsWriter
 
@@ -53,14 +53,6 @@ TITLES = {
     "lion": "Lion",
     "muon": "Muon",
 }
-
-# The notebook's optimizers, whose rows are the notebook's published table, and which `make
-# bench` times against the notebook's own loop (notebook.py has only these).
-NOTEBOOK_OPTIMIZERS = ("gd", "momentum", "adam")
-
-# The default: the notebook's and two it does not have. Muon is not among them:
-# on a 0-D or 1-D variable it takes its AdamW path, so on x it is AdamW (with Keras's epsilon).
-DEFAULT_OPTIMIZERS = (*NOTEBOOK_OPTIMIZERS, "adamw", "lion")
 
 
 def _decays_x(var: tf.Variable) -> bool:
@@ -84,9 +76,6 @@ _RUNNING, _CONVERGED, _EXPLODED = 0, 1, 2
 # The loss's global minimum and its saddle (the notebook calls it the inflection point).
 MINIMUM, SADDLE = -9 / 8, 0.0
 
-# The file in a logdir that records which settings its events and pictures belong to.
-SETTINGS_FILE = "settings.json"
-
 
 def loss(x):
     """The notebook's loss, 2x^4 + 3x^3 + 2: a saddle at 0 on the way from 2 to the minimum."""
@@ -99,20 +88,6 @@ def grad(f, x):
         tape.watch(x)
         result = f(x)
     return tape.gradient(result, x)
-
-
-class LogdirError(OneLineError):
-    """The logdir holds another suite run's output, which this run would replace."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SuiteSettings:
-    """What the suite runs; by default the notebook's table and the AdamW and Lion rows."""
-
-    optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS
-    learning_rates: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
-    init_val: float = 2.0
-    max_iters: int = 2000
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -298,25 +273,6 @@ def results_json(results: Results) -> dict:
         }
         for (name, lr), result in results.items()
     }
-
-
-def check_logdir(logdir: str, settings: SuiteSettings) -> None:
-    """Refuses a logdir whose pictures came from other settings: a rerun would replace them.
-
-    Event files are never replaced (each run adds its own), so rerunning the same settings
-    into a logdir only appends, and rewrites pictures that come out the same.
-    """
-    recorded = os.path.join(logdir, SETTINGS_FILE)
-    if not os.path.exists(recorded):
-        return
-    with open(recorded) as f:
-        previous = json.load(f)
-    current = json.loads(json.dumps(dataclasses.asdict(settings)))
-    if previous != current:
-        raise LogdirError(
-            f"--logdir={logdir}: holds a suite run with other settings "
-            f"({json.dumps(previous)}); choose another --logdir or remove it"
-        )
 
 
 def run_and_report(settings: SuiteSettings, logdir: str) -> Results:
