@@ -37,13 +37,13 @@ from trainer.step.state import DivergenceError, build_train_state
 
 pytestmark = pytest.mark.slow  # Starts processes, or trains for a while.
 
-# Deterministic, on 2 logical CPU replicas, checkpointing often: 400 steps of a small model.
+# Deterministic, on 2 logical CPU replicas, checkpointing often: 200 steps of a small model.
 CONFIG = TrainConfig(
     strategy="mirrored",
     cpu_replicas=2,
     hidden_sizes=(64,),
     batch_size=500,
-    epochs=4,
+    epochs=2,
     learning_rate=3e-3,
     warmup_epochs=0.0,
     steps_per_loop=5,
@@ -51,7 +51,7 @@ CONFIG = TrainConfig(
     data_source="bundled",
     deterministic=True,
 )
-FINAL_STEP = 400
+FINAL_STEP = 200
 
 
 def start(logdir, run_name, env=None, config=CONFIG) -> subprocess.Popen:
@@ -195,7 +195,7 @@ def test_a_stop_signal_saves_the_steps_completed_and_the_rerun_resumes_them(
     returncode, output = interrupt_after(logdir, name, 50, signum)
     assert returncode == exit_code, output[-3000:]
     # Signalled at the step boundary of step 50: it stops there, losing no completed step.
-    assert f"{name}: stopped at step 50 of 400 with a checkpoint saved" in output, output
+    assert f"{name}: stopped at step 50 of {FINAL_STEP} with a checkpoint saved" in output, output
     assert "Traceback" not in output
     latest = tf.train.latest_checkpoint(os.path.join(logdir, name, CHECKPOINT_DIR))
     assert latest.endswith("ckpt-50")
@@ -240,7 +240,9 @@ def test_a_ctrl_c_as_the_run_starts_stops_it_before_its_first_step(tmp_path):
     pause.release()
     done = finish(process)
     assert done.returncode == INTERRUPTED_EXIT_CODE, done.stdout[-3000:]
-    assert "Ctrl-C: stopped at step 0 of 400 before training a step" in done.stdout, done.stdout
+    assert f"Ctrl-C: stopped at step 0 of {FINAL_STEP} before training a step" in done.stdout, (
+        done.stdout
+    )
     assert tf.train.latest_checkpoint(os.path.join(tmp_path, "run", CHECKPOINT_DIR)) is None
 
 
