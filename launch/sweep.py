@@ -30,6 +30,7 @@ pod a run, the plan in a ConfigMap) for `kubectl apply -f -`, its --sweep_dir a 
 --claim. --status --sweep_dir=DIR prints the table of a sweep run by any engine, from its files.
 """
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -129,6 +130,12 @@ def main(argv):
         terminal.exit_with_error(e)
 
 
+def from_flags(job_class, **fields):
+    """A launcher's job (SlurmJob, TrainingJob) from the flags named as its fields, and `fields`."""
+    names = {field.name for field in dataclasses.fields(job_class)} - set(fields) - {"trainer_args"}
+    return job_class(**{name: FLAGS[name].value for name in names if name in FLAGS}, **fields)
+
+
 def planned(trainer_args: list[str], sweep_dir: str | None = None):
     return plan_sweep(
         FLAGS.grid,
@@ -171,17 +178,8 @@ def run_on_slurm(trainer_args: list[str]) -> None:
     from launch.sweep_slurm import ARRAY_OUTPUT, check_runs_fit, sweep_script
 
     sweep = planned(trainer_args)
-    job = SlurmJob(
-        name=FLAGS.name,
-        nodes=FLAGS.nodes,
-        tasks_per_node=FLAGS.tasks_per_node,
-        gpus_per_node=FLAGS.gpus_per_node,
-        cpus_per_task=FLAGS.cpus_per_task,
-        time=FLAGS.time,
-        partition=FLAGS.partition,
-        signal_seconds=FLAGS.signal_seconds,
-        output=os.path.join(sweep.sweep_dir, ARRAY_OUTPUT),
-        python=FLAGS.python,
+    job = from_flags(
+        SlurmJob, output=os.path.join(sweep.sweep_dir, ARRAY_OUTPUT)
     ).validate_resources()
     check_runs_fit(sweep, job)
     if FLAGS.submit and shutil.which("sbatch") is None:
@@ -232,15 +230,8 @@ def print_manifests(trainer_args: list[str]) -> None:
             "do not see this machine's files; give its flags after --"
         )
     sweep = planned(trainer_args, sweep_dir_on_claim(sweep_dir) if sweep_dir else None)
-    job = TrainingJob(
-        image=FLAGS.image,
-        claim=FLAGS.claim,
-        name=FLAGS.name,
-        workers=1,
-        gpus_per_worker=FLAGS.gpus_per_worker,
-        namespace=FLAGS.namespace,
-        tensorboard=FLAGS.tensorboard,
-    )
+    # One pod a run, as an Indexed Job's.
+    job = from_flags(TrainingJob, workers=1, engine="indexed-job")
     sys.stdout.write(to_yaml(sweep_manifests(sweep, job, FLAGS.parallel)))
 
 

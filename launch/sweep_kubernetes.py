@@ -24,9 +24,9 @@ from launch.kubernetes_lib import (
     _pod_spec,
     _shared_volume,
     _tensorboard,
+    pod_failure_policy,
 )
 from launch.sweep_plan import PLAN_FILE, Sweep
-from trainer.common.exit_codes import PREEMPTED_EXIT_CODE
 
 # Where each pod finds the ConfigMap's plan.
 PLAN_MOUNT = "/etc/mlp-sweep"
@@ -59,9 +59,6 @@ def sweep_manifests(sweep: Sweep, job: TrainingJob, parallel: int) -> list[dict]
     pod_spec["volumes"].append({"name": "plan", "configMap": {"name": plan_map}})
     pod_spec["restartPolicy"] = "Never"  # What podFailurePolicy requires.
 
-    def on_exit(code):
-        return {"containerName": "trainer", "operator": "In", "values": [code]}
-
     indexed_job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -74,18 +71,8 @@ def sweep_manifests(sweep: Sweep, job: TrainingJob, parallel: int) -> list[dict]
             "backoffLimitPerIndex": BACKOFF_LIMIT,
             # A replacement starts once the pod it replaces has stopped: one trainer a run.
             "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {
-                "rules": [
-                    # Bad flags, divergence: a rerun of that run would fail the same.
-                    {"action": "FailIndex", "onExitCodes": on_exit(1)},
-                    {
-                        "action": "Ignore",
-                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
-                    },
-                    # Checkpointed on SIGTERM: its replacement resumes.
-                    {"action": "Ignore", "onExitCodes": on_exit(PREEMPTED_EXIT_CODE)},
-                ]
-            },
+            # Exit 1 fails that run's index alone; preempted or disrupted, it is replaced.
+            "podFailurePolicy": pod_failure_policy("FailIndex"),
             "template": {"metadata": {"labels": _labels(job.name)}, "spec": pod_spec},
         },
     }

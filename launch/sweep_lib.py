@@ -21,12 +21,14 @@ from tensorboard.plugins.hparams import api as hp
 
 from launch.sweep_plan import Sweep, SweepRun
 from launch.sweep_report import (
+    EXPERIMENT_SUFFIX,
     FAILED,
     FINISHED,
     INTERRUPTED,
     LOG_FILE,
     NOT_STARTED,
     PREEMPTED,
+    SESSION_SUFFIX,
     SKIPPED,
     RunReport,
     attempt_header,
@@ -38,9 +40,6 @@ from trainer.common.exit_codes import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from trainer.common.paths import REPOSITORY
 from trainer.run import files
 
-# The HParams summaries live in event files of their own, told apart by these suffixes.
-EXPERIMENT_SUFFIX = ".sweep_experiment"
-SESSION_SUFFIX = ".sweep_session"
 # Made by the array task that writes the experiment, so that no other one writes it too.
 EXPERIMENT_CLAIM = ".sweep_experiment_claimed"
 # {scalar tag the trainer logs: name in the HParams dashboard}.

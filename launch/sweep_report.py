@@ -18,6 +18,9 @@ from trainer.common.terminal import tensorboard_command
 
 # Each run's trainer output, appended to on every attempt so a rerun never loses the last one.
 LOG_FILE = "train.log"
+# The HParams summaries live in event files of their own, told apart by these suffixes.
+EXPERIMENT_SUFFIX = ".sweep_experiment"
+SESSION_SUFFIX = ".sweep_session"
 # How each attempt's output is headed in train.log: `# <time> launch.sweep: <command>`.
 ATTEMPT_HEADER = re.compile(r"^# \S+ launch\.sweep: .*$", re.MULTILINE)
 FINISHED, SKIPPED, FAILED, PREEMPTED, INTERRUPTED, NOT_STARTED = (

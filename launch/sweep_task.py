@@ -11,10 +11,12 @@ or else the plan's own. Flags after PLAN follow the run's own (launch.sweep give
 The trainer's output is appended to the run's train.log, headed as launch.sweep heads a local
 attempt, and the process then becomes the trainer (exec), so the engine's SIGTERM reaches the
 trainer itself. Before that, worker 0 (Slurm's rank 0, or the only task) writes its run's
-HParams values and, if no task has yet, the sweep's experiment, and keeps a copy of the plan in
+HParams values and, if no task has yet, the sweep's experiment, unless the launcher has (as on
+Slurm), and keeps a copy of the plan in
 the sweep's directory for `launch.sweep --status` (an Indexed Job's comes from a ConfigMap).
 """
 
+import glob
 import json
 import os
 import sys
@@ -23,7 +25,7 @@ import sys
 from trainer.common import terminal  # isort: split
 
 from launch.sweep_plan import PLAN_FILE, read_plan
-from launch.sweep_report import LOG_FILE, attempt_header
+from launch.sweep_report import EXPERIMENT_SUFFIX, LOG_FILE, SESSION_SUFFIX, attempt_header
 
 # Where each engine tells a task its index.
 INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
@@ -44,6 +46,11 @@ def task_run(plan_path: str, sweep_dir: str) -> tuple[dict, dict]:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(
+            f"usage: python -m launch.sweep_task [PLAN] [--<trainer flag>=<value> ...]\n{__doc__}"
+        )
+        return
     plan_arg = argv[0] if argv and not argv[0].startswith("--") else None
     extra_flags = argv[1:] if plan_arg else argv
     plan_path = plan_arg or os.environ.get("SWEEP_PLAN", "")
@@ -81,6 +88,15 @@ def _record(sweep_dir: str, plan: dict, run: dict) -> None:
         with open(f"{copy}.{os.getpid()}.tmp", "w") as f:
             json.dump(plan, f, indent=2)
         os.replace(f"{copy}.{os.getpid()}.tmp", copy)
+    written = [
+        glob.glob(os.path.join(directory, f"*{suffix}"))
+        for directory, suffix in [
+            (sweep_dir, EXPERIMENT_SUFFIX),
+            (os.path.join(sweep_dir, run["name"]), SESSION_SUFFIX),
+        ]
+    ]
+    if all(written):  # As launch.sweep --engine=slurm wrote them before submitting.
+        return
     terminal.load_tensorflow()
     from launch.sweep_lib import write_hparams
 

@@ -13,20 +13,10 @@ from launch.kubernetes_lib import IMAGE_USER_ID, KUBERNETES_VERSION, LOGDIR, Tra
 from launch.sweep_kubernetes import PLAN_MOUNT, sweep_dir_on_claim, sweep_manifests
 from launch.sweep_plan import PLAN_FILE, plan_sweep
 from launch.sweep_report import LOG_FILE
-from tests.toolkit import REPOSITORY, command_line, environment, finish, run_module
-from trainer.config import TrainConfig
+from tests.test_sweep import TINY
+from tests.toolkit import REPOSITORY, environment, finish, run_module
 from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
-TINY = command_line(
-    TrainConfig(
-        hidden_sizes=(32,),
-        batch_size=1000,
-        epochs=1,
-        data_source="bundled",
-        warmup_epochs=0.0,
-        steps_per_loop=25,
-    )
-)
 JOB = TrainingJob(image="registry.example.com/mlp:1", claim="mlp-runs", name="mlp-sweep")
 
 
