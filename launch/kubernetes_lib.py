@@ -249,9 +249,6 @@ def _indexed_job(job: TrainingJob) -> list[dict]:
     )
     pod["spec"].update(subdomain=service, restartPolicy="Never")  # Never: podFailurePolicy's.
 
-    def on_exit(code):
-        return {"containerName": "trainer", "operator": "In", "values": [code]}
-
     job_manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -264,19 +261,7 @@ def _indexed_job(job: TrainingJob) -> list[dict]:
             # A replacement starts once the pod it replaces has stopped, never beside it: two
             # trainers are never the same worker. (The one value podFailurePolicy allows.)
             "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {
-                "rules": [
-                    # Bad flags, divergence, a broken run directory: a rerun would fail the same.
-                    {"action": "FailJob", "onExitCodes": on_exit(1)},
-                    # Evicted, preempted, its node drained: not the trainer's doing.
-                    {
-                        "action": "Ignore",
-                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
-                    },
-                    # Checkpointed on SIGTERM, or stopped because a peer died (counted there).
-                    {"action": "Ignore", "onExitCodes": on_exit(PREEMPTED_EXIT_CODE)},
-                ]
-            },
+            "podFailurePolicy": pod_failure_policy("FailJob"),
             "template": pod,
         },
     }
@@ -294,6 +279,28 @@ def _indexed_job(job: TrainingJob) -> list[dict]:
         },
     }
     return [job_manifest, headless]
+
+
+def pod_failure_policy(on_exit_1: str) -> dict:
+    """An Indexed Job's podFailurePolicy for its container "trainer": `on_exit_1` (FailJob, or
+    FailIndex) when the trainer exits 1; a disruption or an exit 143 retried without counting."""
+
+    def on_exit(code):
+        return {"containerName": "trainer", "operator": "In", "values": [code]}
+
+    return {
+        "rules": [
+            # Bad flags, divergence, a broken run directory: a rerun would fail the same.
+            {"action": on_exit_1, "onExitCodes": on_exit(1)},
+            # Evicted, preempted, its node drained: not the trainer's doing.
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+            # Checkpointed on SIGTERM, or stopped because a peer died (counted there).
+            {"action": "Ignore", "onExitCodes": on_exit(PREEMPTED_EXIT_CODE)},
+        ]
+    }
 
 
 def _trainers_network_policy(job: TrainingJob) -> dict:

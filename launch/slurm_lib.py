@@ -54,6 +54,18 @@ class SlurmJob:
 
     def validate(self) -> "SlurmJob":
         """Raises LaunchError naming the first bad flag; returns self for chaining."""
+        self.validate_resources()
+        check_trainer_args(
+            list(self.trainer_args),
+            SET_BY_SCRIPT,
+            replicas=self.replicas,
+            launcher_args=(MULTI_WORKER_FLAG,),
+        )
+        return self
+
+    def validate_resources(self) -> "SlurmJob":
+        """validate() but the trainer flags: for a job whose program picks them (a sweep's
+        array task)."""
 
         def need(ok, flag, problem):
             if not ok:
@@ -85,20 +97,28 @@ class SlurmJob:
             f"must be 0 to {MAX_SIGNAL_SECONDS}",
         )
         need(self.output.strip() and "\n" not in self.output, "output", "must be a file name")
-        check_trainer_args(
-            list(self.trainer_args),
-            SET_BY_SCRIPT,
-            replicas=self.replicas,
-            launcher_args=(MULTI_WORKER_FLAG,),
-        )
         return self
 
 
 def batch_script(job: SlurmJob) -> str:
     """The sbatch script: #SBATCH options, then srun of the trainers and the requeue rule."""
     job.validate()
+    trainer = [job.python, "-m", "trainer.train", MULTI_WORKER_FLAG, *job.trainer_args]
+    return _script(job, trainer, [], "launch.slurm")
+
+
+def array_script(job: SlurmJob, program: list[str], array: str) -> str:
+    """The sbatch script of a job array (`--array=<array>`, e.g. `0-3%2`) whose every task runs
+    `program` as batch_script runs the trainers, with the same requeue rule; job.trainer_args
+    are not used: the program picks each task's flags by SLURM_ARRAY_TASK_ID."""
+    job.validate_resources()
+    return _script(job, program, [f"--array={array}"], "launch.sweep")
+
+
+def _script(job: SlurmJob, program: list[str], array: list[str], launcher: str) -> str:
     options = [
         f"--job-name={job.name}",
+        *array,
         f"--nodes={job.nodes}",
         f"--ntasks-per-node={job.tasks_per_node}",
         f"--chdir={REPOSITORY}",
@@ -117,7 +137,6 @@ def batch_script(job: SlurmJob) -> str:
         options.append(f"--time={job.time}")
     if job.partition:
         options.append(f"--partition={job.partition}")
-    trainer = [job.python, "-m", "trainer.train", MULTI_WORKER_FLAG, *job.trainer_args]
     # --distribution=block: the rank order job_step_cluster derives the cluster from.
     # --wait: once one trainer has ended, the others get this long to end too, then are
     # stopped, rather than waiting on a dead peer. Not --kill-on-bad-exit: it kills the others
@@ -128,15 +147,15 @@ def batch_script(job: SlurmJob) -> str:
         "--distribution=block",
         f"--wait={PEERS_END_SECONDS}",
         *(["--gpu-bind=none"] if job.gpus_per_node else []),
-        *trainer,
+        *program,
     ]
     return "\n".join(
         [
             "#!/bin/bash",
-            "# Written by python -m launch.slurm; submit it with sbatch.",
+            f"# Written by python -m {launcher}; submit it with sbatch.",
             *(f"#SBATCH {option}" for option in options),
             "",
-            'echo "launch.slurm: job $SLURM_JOB_ID attempt $((${SLURM_RESTART_COUNT:-0} + 1))'
+            f'echo "{launcher}: job $SLURM_JOB_ID attempt $((${{SLURM_RESTART_COUNT:-0}} + 1))'
             ' on $SLURM_JOB_NODELIST"',
             " ".join(map(shlex.quote, srun)),
             "code=$?",
@@ -144,7 +163,7 @@ def batch_script(job: SlurmJob) -> str:
             "checkpoint;",
             "# run the job again to resume from it. Any other failure stays failed.",
             f"if [ $code -eq {PREEMPTED_EXIT_CODE} ]; then",
-            '    echo "launch.slurm: preempted (exit code $code); requeueing job $SLURM_JOB_ID"',
+            f'    echo "{launcher}: preempted (exit code $code); requeueing job $SLURM_JOB_ID"',
             '    scontrol requeue "$SLURM_JOB_ID"',
             "fi",
             "exit $code",

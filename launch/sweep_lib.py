@@ -8,11 +8,8 @@ the metrics to compare) at the sweep directory, and each run's values in its run
 beside the trainer's own event files, which TensorBoard merges.
 """
 
-import dataclasses
-import datetime
 import glob
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,19 +20,28 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from launch.sweep_plan import Sweep, SweepRun
+from launch.sweep_report import (
+    EXPERIMENT_SUFFIX,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    LOG_FILE,
+    NOT_STARTED,
+    PREEMPTED,
+    SESSION_SUFFIX,
+    SKIPPED,
+    RunReport,
+    attempt_header,
+    reason,
+)
 from launch.trainer_args import LaunchError
 from trainer.common import terminal
 from trainer.common.exit_codes import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from trainer.common.paths import REPOSITORY
-from trainer.common.tables import markdown_table
-from trainer.common.terminal import tensorboard_command
 from trainer.run import files
 
-# Each run's trainer output, appended to on every attempt so a rerun never loses the last one.
-LOG_FILE = "train.log"
-# The HParams summaries live in event files of their own, told apart by these suffixes.
-EXPERIMENT_SUFFIX = ".sweep_experiment"
-SESSION_SUFFIX = ".sweep_session"
+# Made by the array task that writes the experiment, so that no other one writes it too.
+EXPERIMENT_CLAIM = ".sweep_experiment_claimed"
 # {scalar tag the trainer logs: name in the HParams dashboard}.
 METRICS = {
     "eval/accuracy": "validation accuracy",
@@ -43,14 +49,6 @@ METRICS = {
     "test/accuracy": "test accuracy",
     "test/loss": "test loss",
 }
-FINISHED, SKIPPED, FAILED, PREEMPTED, INTERRUPTED, NOT_STARTED = (
-    "finished",
-    "skipped (finished before)",
-    "failed",
-    "preempted",
-    "interrupted",
-    "not started",
-)
 # What the sweep's output says as it is first asked to stop, by signal.
 _STOPPING = {
     signal.SIGTERM: "SIGTERM: stopping the running trainers at their next step",
@@ -59,21 +57,13 @@ _STOPPING = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class RunReport:
-    run: SweepRun
-    status: str
-    test_accuracy: float | None = None
-    message: str = ""  # The trainer's last line, when the run did not finish.
-    # The trainer's; for a run not started, that of the signal that stopped the sweep.
-    exit_code: int = 0
+def write_hparams(sweep_dir: str, plan: dict, runs: list[dict] | None = None) -> None:
+    """Writes the HParams experiment of `plan` (sweep_plan.Sweep.plan) at the sweep directory,
+    and each run's values (of `runs`, else all the plan's) in its own run directory.
 
-
-def write_hparams(sweep: Sweep) -> None:
-    """Writes the HParams experiment at the sweep directory and each run's values in its own.
-
-    The experiment is rewritten on every sweep so it lists the current grid: TensorBoard would
-    show only one of several. A run's values follow from its name, so they are written once.
+    The experiment is replaced by each local sweep (TensorBoard would show only one of
+    several); of an array's tasks, only the first writes it. A run's values follow from its
+    name, so they are written once.
     """
 
     def write(directory, suffix, summary):
@@ -82,31 +72,44 @@ def write_hparams(sweep: Sweep) -> None:
             summary()
         writer.close()
 
-    os.makedirs(sweep.sweep_dir, exist_ok=True)
-    for stale in glob.glob(os.path.join(sweep.sweep_dir, f"*{EXPERIMENT_SUFFIX}")):
-        os.remove(stale)
-    write(
-        sweep.sweep_dir,
-        EXPERIMENT_SUFFIX,
-        lambda: hp.hparams_config(
-            hparams=[
-                hp.HParam(flag, hp.Discrete([value.hparam for value in values]))
-                for flag, values in sweep.grid.items()
-            ],
-            metrics=[hp.Metric(tag, display_name=name) for tag, name in METRICS.items()],
-        ),
-    )
-    for run in sweep.runs:
-        run_dir = sweep.run_dir(run)
+    os.makedirs(sweep_dir, exist_ok=True)
+    experiments = glob.glob(os.path.join(sweep_dir, f"*{EXPERIMENT_SUFFIX}"))
+    if runs is None or (not experiments and _first_to_write(sweep_dir)):
+        for stale in experiments:
+            os.remove(stale)
+        write(
+            sweep_dir,
+            EXPERIMENT_SUFFIX,
+            lambda: hp.hparams_config(
+                hparams=[_hparam(flag, domain) for flag, domain in plan["hparams"].items()],
+                metrics=[hp.Metric(tag, display_name=name) for tag, name in METRICS.items()],
+            ),
+        )
+    for run in plan["runs"] if runs is None else runs:
+        run_dir = os.path.join(sweep_dir, run["name"])
         if not glob.glob(os.path.join(run_dir, f"*{SESSION_SUFFIX}")):
             os.makedirs(run_dir, exist_ok=True)
             write(
                 run_dir,
                 SESSION_SUFFIX,
-                lambda: hp.hparams(
-                    {flag: value.hparam for flag, value in run.values.items()}, trial_id=run.name
-                ),
+                lambda: hp.hparams(run["hparams"], trial_id=run["name"]),
             )
+
+
+def _hparam(flag: str, domain: dict) -> hp.HParam:
+    if "values" in domain:
+        return hp.HParam(flag, hp.Discrete(domain["values"]))
+    return hp.HParam(flag, hp.RealInterval(float(domain["min"]), float(domain["max"])))
+
+
+def _first_to_write(sweep_dir: str) -> bool:
+    """Whether this array task is the first to claim writing the experiment (a sweep's plan
+    never changes, so one experiment serves it)."""
+    try:
+        os.close(os.open(os.path.join(sweep_dir, EXPERIMENT_CLAIM), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
 
 
 class _Launcher:
@@ -156,10 +159,7 @@ class _Launcher:
             return RunReport(run, SKIPPED, result["test_accuracy"])
         command = self.sweep.command(run)
         with open(os.path.join(run_dir, LOG_FILE), "a") as log:
-            log.write(
-                f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} "
-                f"launch.sweep: {shlex.join(command)}\n"
-            )
+            log.write(attempt_header(command))
             log.flush()
             attempt_start = log.tell()
             with self._lock:  # A stop arriving now must not miss a trainer just started.
@@ -196,15 +196,6 @@ class _Launcher:
         return RunReport(run, status, message=message, exit_code=exit_code)
 
 
-def reason(lines: list[str]) -> str:
-    """Why a trainer stopped, from its output: its one-line error, or absl's flag error (which
-    absl follows with a pointer to --helpfull), else its last line."""
-    for line in reversed(lines):
-        if line.startswith(("trainer.train: error: ", "FATAL Flags parsing error: ")):
-            return line
-    return lines[-1] if lines else "no output"
-
-
 def run_sweep(sweep: Sweep, parallel: int = 1, out=sys.stdout) -> list[RunReport]:
     """Runs every run of the sweep, `parallel` at a time, and reports each in the grid's order.
 
@@ -213,7 +204,7 @@ def run_sweep(sweep: Sweep, parallel: int = 1, out=sys.stdout) -> list[RunReport
     """
     if parallel < 1:
         raise LaunchError(f"--parallel={parallel}: must be at least 1")
-    write_hparams(sweep)
+    write_hparams(sweep.sweep_dir, sweep.plan())
     runs = sweep.runs
     print(
         f"launch.sweep: {len(runs)} run{'s' * (len(runs) != 1)} in {sweep.sweep_dir}, "
@@ -231,35 +222,3 @@ def run_sweep(sweep: Sweep, parallel: int = 1, out=sys.stdout) -> list[RunReport
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def exit_code(reports: list[RunReport]) -> int:
-    """130 if Ctrl-C stopped the sweep, as it does launch.local and the trainer; else 1 if any
-    run failed; else 143 if SIGTERM stopped it (preempted: rerun to resume); else 0."""
-    codes = {report.exit_code for report in reports}
-    if INTERRUPTED_EXIT_CODE in codes:
-        return INTERRUPTED_EXIT_CODE
-    if any(report.status.startswith(FAILED) for report in reports):
-        return 1
-    return PREEMPTED_EXIT_CODE if PREEMPTED_EXIT_CODE in codes else 0
-
-
-def format_table(sweep: Sweep, reports: list[RunReport]) -> str:
-    """One row a run: its grid values, test accuracy and status; then where to look next."""
-    rows = [
-        [
-            *(value.label for value in report.run.values.values()),
-            "-" if report.test_accuracy is None else f"{report.test_accuracy:.4f}",
-            f"{report.status}: {report.message}" if report.message else report.status,
-        ]
-        for report in reports
-    ]
-    table = markdown_table([*sweep.grid, "test accuracy", "status"], rows)
-    logs = [
-        f"log of {report.run.name}: {os.path.join(sweep.run_dir(report.run), LOG_FILE)}"
-        for report in reports
-        if report.message
-    ]
-    return "\n".join(
-        [table, *logs, "TensorBoard (HParams tab): " + tensorboard_command(sweep.sweep_dir)]
-    )

@@ -1,17 +1,26 @@
-"""A grid sweep's plan: the runs of every combination of some trainer flags' values, each
-named after its values, checked as their trainers will read them before anything is written.
+"""A sweep's plan: the runs of every combination of some trainer flags' values (and of a
+search's quasirandom points, and of seeds), each named after its values, checked as their
+trainers will read them before anything is written.
 
 No TensorFlow here: a bad grid or flag is refused at once (launch/sweep_lib.py runs the plan).
 """
 
 import dataclasses
 import itertools
+import json
 import os
 import re
 import sys
+import types
 import typing
 from typing import NamedTuple
 
+from launch.sweep_search import (
+    Dimension,
+    parse_search_space,
+    quasirandom_points,
+    read_search_space,
+)
 from launch.trainer_args import (
     TRAINER_FLAGS,
     LaunchError,
@@ -21,6 +30,8 @@ from launch.trainer_args import (
 )
 
 # Trainer flags the sweep sets for every run, and what the user sets instead.
+# The sweep's plan in its directory: how it was asked for, and every run's flags.
+PLAN_FILE = "sweep.json"
 SET_BY_SWEEP = {
     "logdir": "--sweep_dir",
     "run_name": "the sweep, which names each run after its grid values",
@@ -37,16 +48,26 @@ class GridValue(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SweepRun:
-    """One combination of the grid's values: a run directory of its own."""
+    """One combination of the grid's values (and of a search's point, and a seed): a run
+    directory of its own."""
 
-    values: dict[str, GridValue]  # In the grid's order.
+    values: dict[str, GridValue]  # In the grid's order, then the search space's.
+    trial: int | None = None  # With --search: the point's index in the quasirandom sequence.
+    seed: int | None = None  # With --seeds: the repeat's --seed.
+
+    @property
+    def point(self) -> str:
+        """The name of the run's point, shared by its repeats on other seeds."""
+        trial = [] if self.trial is None else [f"trial={self.trial}"]
+        return ",".join(trial + [f"{flag}={value.label}" for flag, value in self.values.items()])
 
     @property
     def name(self) -> str:
-        return ",".join(f"{flag}={value.label}" for flag, value in self.values.items())
+        return self.point + ("" if self.seed is None else f",seed={self.seed}")
 
     def trainer_flags(self) -> list[str]:
-        return [f"--{flag}={value.flag}" for flag, value in self.values.items()]
+        seed = [] if self.seed is None else [f"--seed={self.seed}"]
+        return [f"--{flag}={value.flag}" for flag, value in self.values.items()] + seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +78,39 @@ class Sweep:
     grid: dict[str, tuple[GridValue, ...]]
     base_flagfile: str | None = None
     trainer_args: tuple[str, ...] = ()
+    search: tuple[Dimension, ...] = ()
+    trials: int = 0
+    search_seed: int = 0
+    seeds: int = 0  # 0: each point once, at the trainer's --seed.
+
+    @property
+    def columns(self) -> list[str]:
+        """The table's value columns: a search's trial, the swept flags, the seed of --seeds."""
+        trial = ["trial"] if self.search else []
+        return [*trial, *self.grid, *(dim.flag for dim in self.search), *["seed"][: self.seeds]]
 
     @property
     def runs(self) -> list[SweepRun]:
+        points = self.points()
+        repeats = range(self.seeds) if self.seeds else [None]
         return [
-            SweepRun(dict(zip(self.grid, values)))
+            SweepRun({**dict(zip(self.grid, values)), **point}, trial, seed)
             for values in itertools.product(*self.grid.values())
+            for trial, point in points
+            for seed in repeats
+        ]
+
+    def points(self) -> list[tuple[int | None, dict[str, GridValue]]]:
+        """The search's points, (trial, {flag: value}), or one empty point without a search."""
+        if not self.search:
+            return [(None, {})]
+        kinds = {dim.flag: _kind(TRAINER_FLAGS[dim.flag]) for dim in self.search}
+        ints = frozenset(flag for flag, kind in kinds.items() if kind == "int")
+        return [
+            (trial, {flag: _search_value(flag, value) for flag, value in point.items()})
+            for trial, point in enumerate(
+                quasirandom_points(self.search, self.trials, self.search_seed, ints)
+            )
         ]
 
     def run_dir(self, run: SweepRun) -> str:
@@ -71,17 +119,103 @@ class Sweep:
     def command(self, run: SweepRun) -> list[str]:
         return [sys.executable, "-m", "trainer.train", *self.run_flags(run)]
 
-    def run_flags(self, run: SweepRun) -> list[str]:
+    def run_flags(self, run: SweepRun, sweep_dir: str | None = None) -> list[str]:
         """The trainer's flags for `run`: later flags win in absl, so the grid's values override
-        the base flagfile's."""
+        the base flagfile's. `sweep_dir`: where the run's trainer sees the sweep, if not here."""
+        return [f"--logdir={sweep_dir or self.sweep_dir}", *self.relative_flags(run)]
+
+    def relative_flags(self, run: SweepRun) -> list[str]:
+        """The run's flags but its --logdir: what the plan file holds for each run."""
         base = [f"--flagfile={self.base_flagfile}"] if self.base_flagfile else []
-        return [
-            *base,
-            f"--logdir={self.sweep_dir}",
-            f"--run_name={run.name}",
-            *self.trainer_args,
-            *run.trainer_flags(),
-        ]
+        return [*base, f"--run_name={run.name}", *self.trainer_args, *run.trainer_flags()]
+
+    def hparam_domains(self) -> dict[str, dict]:
+        """Each swept flag's values, as the HParams experiment lists them: {"values": [...]}, or
+        a search range's {"min": .., "max": ..}."""
+        domains = {
+            flag: {"values": [v.hparam for v in values]} for flag, values in self.grid.items()
+        }
+        for dim in self.search:
+            if dim.feasible_points:
+                values = [_search_value(dim.flag, p) for p in dim.feasible_points]
+                domains[dim.flag] = {"values": [v.hparam for v in values]}
+            else:
+                domains[dim.flag] = {"min": dim.minimum, "max": dim.maximum}
+        return domains
+
+    def plan(self) -> dict:
+        """What the sweep's directory keeps of it (PLAN_FILE): how it was asked for, and each
+        run's name, flags and HParams values, which an array task picks by its index."""
+        return {
+            "grid": {flag: [v.label for v in values] for flag, values in self.grid.items()},
+            "search": {dim.flag: dim.as_json() for dim in self.search},
+            "trials": self.trials,
+            "search_seed": self.search_seed,
+            "seeds": self.seeds,
+            "base_flagfile": self.base_flagfile,
+            "trainer_args": list(self.trainer_args),
+            "hparams": self.hparam_domains(),
+            "runs": [
+                {
+                    "name": run.name,
+                    "flags": self.relative_flags(run),
+                    # The seed of --seeds is left out: its repeats form one HParams group.
+                    "hparams": {flag: value.hparam for flag, value in run.values.items()},
+                }
+                for run in self.runs
+            ],
+        }
+
+
+def write_plan(sweep: Sweep) -> str:
+    """Writes the plan into the sweep's directory, or finds the same one there; a different one
+    is refused, since array tasks of the first may still be reading it."""
+    path = os.path.join(sweep.sweep_dir, PLAN_FILE)
+    plan = sweep.plan()
+    existing = read_plan(path)
+    if existing is not None and existing != plan:
+        raise LaunchError(
+            f"--sweep_dir={sweep.sweep_dir}: holds the plan of another sweep ({path}); give "
+            "another --sweep_dir, or remove that file to replace the plan"
+        )
+    if existing is None:
+        os.makedirs(sweep.sweep_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(plan, f, indent=2)
+        os.replace(path + ".tmp", path)  # Whole or not at all: tasks read it.
+    return path
+
+
+def read_plan(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def sweep_from_plan(sweep_dir: str) -> Sweep:
+    """The sweep whose plan is in `sweep_dir`, as --status reads it; LaunchError without one."""
+    path = os.path.join(sweep_dir, PLAN_FILE)
+    plan = read_plan(path)
+    if plan is None:
+        raise LaunchError(f"--sweep_dir={sweep_dir}: no sweep's plan there ({path} not found)")
+    grid = dict(
+        _parse_grid_entry(f"{flag}={','.join(labels)}", {}) for flag, labels in plan["grid"].items()
+    )
+    sweep = Sweep(
+        os.path.abspath(sweep_dir),
+        grid,
+        plan["base_flagfile"],
+        tuple(plan["trainer_args"]),
+        parse_search_space(plan["search"], path, {}) if plan["search"] else (),
+        plan["trials"],
+        plan["search_seed"],
+        plan["seeds"],
+    )
+    if sweep.plan() != plan:  # Planned by another version of this code.
+        raise LaunchError(f"{path}: its runs differ from what its settings plan here")
+    return sweep
 
 
 def plan_sweep(
@@ -89,11 +223,17 @@ def plan_sweep(
     sweep_dir: str,
     base_flagfile: str | None = None,
     trainer_args: list[str] = (),
+    search: str | None = None,
+    trials: int | None = None,
+    search_seed: int = 0,
+    seeds: int | None = None,
 ) -> Sweep:
     """Checks every setting before anything is written; raises LaunchError naming the flag.
 
     A grid entry is `<trainer flag>=<value>,<value>,...`; a list flag's items are joined by
-    `x` within one value (`hidden_sizes=700x500,256`), as in the trainer's run names.
+    `x` within one value (`hidden_sizes=700x500,256`), as in the trainer's run names. `search`
+    is a search space file (launch/sweep_search.py), of which `trials` points are run; `seeds`
+    repeats every point on --seed=0 to seeds-1.
     """
     if not sweep_dir:
         raise LaunchError("--sweep_dir: required: the directory that holds the sweep's runs")
@@ -101,18 +241,33 @@ def plan_sweep(
         raise LaunchError(f"--sweep_dir={sweep_dir}: is a file, not a directory")
     if base_flagfile and not os.path.isfile(base_flagfile):
         raise LaunchError(f"--base_flagfile={base_flagfile}: no such file")
-    if not grid_entries:
-        raise LaunchError("--grid: give at least one, e.g. --grid=learning_rate=1e-3,2e-3")
+    if trials is not None and not search:
+        raise LaunchError(f"--trials={trials}: needs --search, the space to draw the points from")
+    if search and (trials is None or trials < 1):
+        raise LaunchError(f"--search={search}: needs --trials=N, N at least 1: the points to run")
+    if seeds is not None and seeds < 1:
+        raise LaunchError(f"--seeds={seeds}: must be at least 1")
+    if not grid_entries and not search:
+        raise LaunchError(
+            "--grid: give at least one, e.g. --grid=learning_rate=1e-3,2e-3, or a --search"
+        )
+    set_by_sweep = {**SET_BY_SWEEP, **({"seed": f"--seeds={seeds}"} if seeds else {})}
     grid, swept_by = {}, {}
     for entry in grid_entries:
-        flag, values = _parse_grid_entry(entry, swept_by)
+        flag, values = _parse_grid_entry(entry, {**set_by_sweep, **swept_by})
         grid[flag], swept_by[flag] = values, f"--grid={entry}"
-    check_trainer_flag_names(list(trainer_args), {**SET_BY_SWEEP, **swept_by})
+    space = read_search_space(search, {**set_by_sweep, **swept_by}) if search else ()
+    swept_by.update({dim.flag: f"--search={search}" for dim in space})
+    check_trainer_flag_names(list(trainer_args), {**set_by_sweep, **swept_by})
     sweep = Sweep(
         os.path.abspath(sweep_dir),
         grid,
         os.path.abspath(base_flagfile) if base_flagfile else None,
         tuple(trainer_args),
+        space,
+        trials or 0,
+        search_seed,
+        seeds or 0,
     )
     for run in sweep.runs:
         # Every run's flags as its trainer will read them (values together, since one may bound
@@ -134,7 +289,8 @@ _EXPECTED = {
 }
 
 
-def _parse_grid_entry(entry: str, swept_by: dict[str, str]) -> tuple[str, tuple[GridValue, ...]]:
+def _parse_grid_entry(entry: str, taken: dict[str, str]) -> tuple[str, tuple[GridValue, ...]]:
+    """`taken`: the flags the sweep sets, or an earlier --grid, and where."""
     match = re.fullmatch(r"(\w+)=(.*)", entry)
     if not match:
         raise LaunchError(
@@ -142,9 +298,9 @@ def _parse_grid_entry(entry: str, swept_by: dict[str, str]) -> tuple[str, tuple[
             "e.g. --grid=learning_rate=1e-3,2e-3"
         )
     flag, texts = match.group(1), match.group(2).split(",")
-    check_trainer_flag(flag, f"--grid={entry}", SET_BY_SWEEP)
-    if flag in swept_by:
-        raise LaunchError(f"--grid={entry}: --{flag} is already swept by {swept_by[flag]}")
+    if flag in taken and taken[flag].startswith("--grid="):
+        raise LaunchError(f"--grid={entry}: --{flag} is already swept by {taken[flag]}")
+    check_trainer_flag(flag, f"--grid={entry}", taken)
     if "" in texts:
         raise LaunchError(f"--grid={entry}: an empty value; give values separated by commas")
     kind = _kind(TRAINER_FLAGS[flag])
@@ -163,6 +319,9 @@ def _parse_grid_entry(entry: str, swept_by: dict[str, str]) -> tuple[str, tuple[
 
 
 def _kind(field_type) -> str:
+    optional = [t for t in typing.get_args(field_type) if t is not type(None)]
+    if isinstance(field_type, types.UnionType) and len(optional) == 1:  # float | None
+        field_type = optional[0]
     if typing.get_origin(field_type) is tuple:
         return "list"
     return {bool: "bool", int: "int", float: "float"}.get(field_type, "str")
@@ -188,3 +347,15 @@ def _grid_value(kind: str, text: str) -> GridValue:
     if not re.fullmatch(r"[\w.@+-]+", text):
         raise ValueError(text)
     return GridValue(text, text, text)
+
+
+def _search_value(flag: str, value) -> GridValue:
+    """A search point's value (a number, or a feasible point from the JSON) as a GridValue."""
+    kind = _kind(TRAINER_FLAGS[flag])
+    text = "x".join(map(str, value)) if isinstance(value, list) else str(value)
+    try:
+        return _grid_value(kind, text)
+    except ValueError:
+        raise LaunchError(
+            f"--search: {value!r} is not a value of --{flag}: expected {_EXPECTED[kind]}"
+        ) from None

@@ -13,6 +13,7 @@ loopback-only network namespace as launch.local's workers do, since Slurm resolv
 listening address with getaddrinfo(AI_ADDRCONFIG), which finds none where only loopback is up.
 """
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -197,3 +198,15 @@ def _wait_for(ready, timeout: float, what: str, log) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} after {timeout} s; see {log}")
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def running(directory, env: dict[str, str]):
+    """A cluster started under `directory`, whose jobs' processes inherit `env` (sbatch
+    --export=ALL) with its SLURM_CONF; stopped after."""
+    cluster = SlurmCluster(directory).start()
+    cluster.env.update(env, SLURM_CONF=str(cluster.conf))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

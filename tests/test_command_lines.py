@@ -33,6 +33,13 @@ class BadInput:
 A_FILE = "a_file"  # An empty file where a directory is expected.
 TAKEN = "taken.json"  # An existing file for an output that must be new.
 OTHER_SUITE = "other"  # A convergence suite's logdir with other settings in it.
+# Search spaces for launch.sweep --search, each wrong in one way but the last.
+SEARCH_SPACES = {
+    "unknown.json": {"one_minus_beta1": {"min": 0.01, "max": 0.1, "scaling": "log"}},
+    "reversed.json": {"learning_rate": {"min": 0.1, "max": 0.001, "scaling": "log"}},
+    "through_0.json": {"weight_decay": {"min": 0.0, "max": 0.1, "scaling": "log"}},
+    "lr.json": {"learning_rate": {"min": 0.001, "max": 0.1, "scaling": "log"}},
+}
 
 CASES = [
     BadInput(
@@ -279,6 +286,60 @@ CASES = [
         "launch.sweep: error: run optimizer=sgd: --optimizer=sgd: value should be one of",
     ),
     BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --search=unknown.json --trials=2",
+        "launch.sweep: error: --search=unknown.json: --one_minus_beta1 is not a trainer flag",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --search=reversed.json --trials=2",
+        "launch.sweep: error: --search=reversed.json: learning_rate: min 0.1 is greater than "
+        "max 0.001",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --search=through_0.json --trials=2",
+        "launch.sweep: error: --search=through_0.json: weight_decay: a log range must be above "
+        "0, not from 0.0",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --grid=seed=1 --trials=4",
+        "launch.sweep: error: --trials=4: needs --search",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --grid=learning_rate=1e-3 --search=lr.json --trials=2",
+        "launch.sweep: error: --search=lr.json: --learning_rate is set by "
+        "--grid=learning_rate=1e-3",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --search=lr.json --trials=2 --seeds=2 -- --seed=3",
+        "launch.sweep: error: trainer argument --seed=3: --seed is set by --seeds=2",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--sweep_dir=new --grid=seed=1 --submit",
+        "launch.sweep: error: --submit: only with --engine=slurm",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--engine=slurm --sweep_dir=new --grid=seed=1 --tasks_per_node=3 -- --batch_size=100",
+        "launch.sweep: error: run seed=1: --batch_size=100: must be divisible by the 3 replicas",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--engine=kubernetes --image=mlp:1 --claim=runs --sweep_dir=/abs --grid=seed=1",
+        "launch.sweep: error: --sweep_dir=/abs: with --engine=kubernetes, a directory on "
+        "--claim, relative to its root",
+    ),
+    BadInput(
+        "launch.sweep",
+        "--status --sweep_dir=new",
+        "launch.sweep: error: --sweep_dir=new: no sweep's plan there",
+    ),
+    BadInput(
         "launch.kubernetes",
         "--claim=mlp-runs --image=mlp:1 --workers=0",
         "launch.kubernetes: error: --workers=0: must be at least 1 (the chief)",
@@ -380,6 +441,8 @@ def outcomes(tmp_path_factory):
         workdir = tmp_path_factory.mktemp("bad_input")
         (workdir / A_FILE).write_text("")
         (workdir / TAKEN).write_text("{}")
+        for name, space in SEARCH_SPACES.items():
+            (workdir / name).write_text(json.dumps(space))
         (workdir / OTHER_SUITE).mkdir()
         (workdir / OTHER_SUITE / SETTINGS_FILE).write_text(
             json.dumps(dataclasses.asdict(SuiteSettings(init_val=1.0)))

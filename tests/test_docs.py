@@ -212,7 +212,7 @@ COMMAND_RUNNERS = {"launch.private_network"}
 OTHER_PROGRAMS_FLAGS = {
     "XLA_FLAGS": {"xla_cpu_max_isa", "xla_dump_to"},
     "sbatch, srun": {"signal", "gres", "open-mode", "requeue", "job-name", "ntasks-per-node"}
-    | {"chdir", "gpu-bind", "kill-on-bad-exit", "exclusive", "distribution", "wait"},
+    | {"chdir", "gpu-bind", "kill-on-bad-exit", "exclusive", "distribution", "wait", "array"},
     "pip, uv": {"require-hashes", "upgrade", "upgrade-package", "universal", "generate-hashes"}
     | {"no-deps", "prefix"},
     "kubectl": {"for", "timeout"},

@@ -6,8 +6,10 @@ import glob
 import io
 import json
 import os
+import re
 import signal
 import subprocess
+import time
 
 import pytest
 from tensorboard import context
@@ -22,9 +24,10 @@ from tensorboard.plugins.hparams import (
 
 from launch import sweep_lib
 from launch.sweep_lib import EXPERIMENT_SUFFIX, LOG_FILE, METRICS, SESSION_SUFFIX
-from launch.sweep_plan import plan_sweep
+from launch.sweep_plan import PLAN_FILE, plan_sweep
 from launch.trainer_args import LaunchError
-from tests.toolkit import Pause, command_line, environment, finish, start_module
+from tests import slurm_cluster
+from tests.toolkit import Pause, command_line, environment, finish, run_module, start_module
 from trainer.config import TrainConfig
 from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
@@ -83,7 +86,9 @@ def sweep(tmp_path_factory):
 def test_every_combination_is_a_finished_run_of_the_trainer(sweep):
     sweep_dir, stdout = sweep
     assert sorted(os.listdir(sweep_dir)) == sorted(
-        RUNS + [os.path.basename(p) for p in glob.glob(f"{sweep_dir}/*{EXPERIMENT_SUFFIX}")]
+        RUNS
+        + [PLAN_FILE]
+        + [os.path.basename(p) for p in glob.glob(f"{sweep_dir}/*{EXPERIMENT_SUFFIX}")]
     )
     for run in RUNS:
         run_dir = sweep_dir / run
@@ -103,9 +108,9 @@ def test_every_combination_is_a_finished_run_of_the_trainer(sweep):
         assert row[2:] == [f"{recorded['test_accuracy']:.4f}", "finished"]
 
 
-def test_tensorboard_hparams_dashboard_shows_the_sweep(sweep):
-    """Reads the sweep as TensorBoard's HParams plugin does: its experiment and session groups."""
-    sweep_dir, _ = sweep
+def hparams_dashboard(sweep_dir) -> tuple[dict, list]:
+    """The sweep as TensorBoard's HParams plugin shows it: {flag: its values, or its interval},
+    and the session groups."""
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(sweep_dir))
     multiplexer.Reload()
@@ -125,11 +130,10 @@ def test_tensorboard_hparams_dashboard_shows_the_sweep(sweep):
         info.name: [
             getattr(value, value.WhichOneof("kind")) for value in info.domain_discrete.values
         ]
+        or (info.domain_interval.min_value, info.domain_interval.max_value)
         for info in experiment.hparam_infos
     }
-    assert domains == {"optimizer": ["adam", "momentum"], "learning_rate": [0.001, 0.003]}
     assert [info.name.tag for info in experiment.metric_infos] == list(METRICS)
-
     groups = (
         list_session_groups.Handler(
             request,
@@ -145,6 +149,14 @@ def test_tensorboard_hparams_dashboard_shows_the_sweep(sweep):
         .run()
         .session_groups
     )
+    return domains, groups
+
+
+def test_tensorboard_hparams_dashboard_shows_the_sweep(sweep):
+    """Reads the sweep as TensorBoard's HParams plugin does: its experiment and session groups."""
+    sweep_dir, _ = sweep
+    domains, groups = hparams_dashboard(sweep_dir)
+    assert domains == {"optimizer": ["adam", "momentum"], "learning_rate": [0.001, 0.003]}
     assert sorted(group.name for group in groups) == sorted(RUNS)
     for group in groups:
         recorded = json.loads((sweep_dir / group.name / RESULT_FILE).read_text())
@@ -346,3 +358,201 @@ def test_values_name_runs_and_reach_the_trainer_as_typed_flags(tmp_path):
         plan_sweep(["seed=1"], str(tmp_path), trainer_args=["--epoch=2"])
     # Values are checked per run, together: this warm-up is shorter than every run.
     plan_sweep(["epochs=20,30"], str(tmp_path), trainer_args=["--warmup_epochs=15"])
+
+
+def test_another_plan_in_the_same_directory_is_refused(sweep):
+    sweep_dir, _ = sweep
+    plan = (sweep_dir / PLAN_FILE).read_bytes()
+    code, stdout, stderr = run_sweep(sweep_dir, *GRID[:1])
+    assert code == 1 and stdout == "", stderr
+    assert stderr.splitlines()[-1].startswith(
+        f"launch.sweep: error: --sweep_dir={sweep_dir}: holds the plan of another sweep"
+    )
+    assert (sweep_dir / PLAN_FILE).read_bytes() == plan
+
+
+# On Slurm: the suite's real one-node cluster (tests/slurm_cluster.py).
+ARRAY_SECONDS = 300  # Generous: 2 cores shared with other tests and engineers.
+# The search the array runs: 4 quasirandom points of a log-uniform learning rate.
+SPACE = {"learning_rate": {"min": 1e-3, "max": 1e-2, "scaling": "log"}}
+SEARCH_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "tuning_search_space.json"
+    path.write_text(json.dumps(SPACE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    with slurm_cluster.running(tmp_path_factory.mktemp("slurm"), environment()) as cluster:
+        yield cluster
+
+
+def submit(slurm, sweep_dir, *args, trainer_args=TINY, env=None) -> str:
+    """launch.sweep --engine=slurm --submit; the array's job id."""
+    done = run_module(
+        "launch.sweep",
+        "--engine=slurm",
+        "--submit",
+        f"--sweep_dir={sweep_dir}",
+        *args,
+        "--",
+        *trainer_args,
+        env={**slurm.env, **(env or {})},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.fullmatch(r"\d+\n", done.stdout), done.stdout
+    return done.stdout.strip()
+
+
+def wait_for_array(slurm, job_id: str) -> None:
+    """Until no task of the array is pending or running (a requeued one is pending)."""
+    deadline = time.monotonic() + ARRAY_SECONDS
+    while slurm.run("squeue", "--noheader", f"--jobs={job_id}", check=False).stdout.strip():
+        assert time.monotonic() < deadline, slurm.run("squeue").stdout
+        time.sleep(1)
+
+
+def status(sweep_dir) -> tuple[int, str]:
+    done = run_module("launch.sweep", "--status", f"--sweep_dir={sweep_dir}")
+    return done.returncode, done.stdout
+
+
+@pytest.fixture(scope="module")
+def arrays(slurm, tmp_path_factory, space_file):
+    """On Slurm at once: the 2x2 grid and a 4-trial search, 2 runs at a time each, and a longer
+    run held after its first checkpoint, to be sent SIGTERM there. {name: (sweep_dir, job id)}."""
+    root = tmp_path_factory.mktemp("arrays")
+    pause = Pause(root / "pause", 50)
+    search = [f"--search={space_file}", "--trials=4", f"--search_seed={SEARCH_SEED}"]
+    submitted = {
+        "grid": (root / "grid", submit(slurm, root / "grid", "--parallel=2", *GRID)),
+        "search": (root / "search", submit(slurm, root / "search", "--parallel=2", *search)),
+        "preempted": (
+            root / "preempted",
+            submit(
+                slurm,
+                root / "preempted",
+                "--grid=seed=0",
+                trainer_args=command_line(dataclasses.replace(TINY_CONFIG, epochs=3)),
+                env=pause.env(),
+            ),
+        ),
+    }
+    # The node's SIGTERM, straight to the held trainer, as Slurm sends it --signal_seconds
+    # before the time limit: delivered before it goes on (scancel's goes through slurmd and may
+    # arrive after the trainer has finished).
+    os.kill(pause.wait(), signal.SIGTERM)
+    pause.release()
+    for _, job_id in submitted.values():
+        wait_for_array(slurm, job_id)
+    return submitted
+
+
+def test_a_grid_array_gives_the_local_engines_table_and_hparams(arrays, sweep):
+    (sweep_dir, job_id), (local_dir, local_stdout) = arrays["grid"], sweep
+    code, stdout = status(sweep_dir)
+    assert code == 0, stdout
+    got, want = table_rows(stdout), table_rows(local_stdout)
+    assert [row[:2] + row[3:] for row in got] == [row[:2] + row[3:] for row in want]
+    for got_row, want_row in zip(got, want):
+        # The same flags on the same data: the same model, whichever engine started it.
+        assert float(got_row[2]) == pytest.approx(float(want_row[2]), abs=0.01)
+    assert (sweep_dir / PLAN_FILE).read_text() == (local_dir / PLAN_FILE).read_text()
+    (domains, groups), (local_domains, local_groups) = map(
+        hparams_dashboard, (sweep_dir, local_dir)
+    )
+    assert domains == local_domains
+
+    def values(groups):
+        return sorted((g.name, sorted((k, str(v)) for k, v in g.hparams.items())) for g in groups)
+
+    assert values(groups) == values(local_groups)
+    # Each run's trainer output in its train.log; each task's own lines beside the runs.
+    for run in RUNS:
+        assert "launch.sweep: " in (sweep_dir / run / LOG_FILE).read_text()
+    assert len(glob.glob(f"{sweep_dir}/slurm-{job_id}_*.out")) == 4
+
+
+def test_a_search_array_runs_the_points_planned_alike_in_every_process(arrays, space_file):
+    sweep_dir, _ = arrays["search"]
+    plan = json.loads((sweep_dir / PLAN_FILE).read_text())
+    # Planned again here, in this process, from the same file and seed: the same runs.
+    again = plan_sweep(
+        [],
+        str(sweep_dir),
+        trainer_args=TINY,
+        search=str(space_file),
+        trials=4,
+        search_seed=SEARCH_SEED,
+    )
+    assert again.plan() == plan
+    rates = [run.values["learning_rate"].hparam for run in again.runs]
+    assert len(set(rates)) == 4 and all(1e-3 <= rate <= 1e-2 for rate in rates)
+    code, stdout = status(sweep_dir)
+    assert code == 0, stdout
+    rows = table_rows(stdout)
+    assert [row[:2] + row[3:] for row in rows] == [
+        [str(trial), repr(rate), "finished"] for trial, rate in enumerate(rates)
+    ]
+    for row, run in zip(rows, plan["runs"]):
+        recorded = json.loads((sweep_dir / run["name"] / RESULT_FILE).read_text())
+        assert row[2] == f"{recorded['test_accuracy']:.4f}"
+        assert f"--learning_rate={row[1]}\n" in (sweep_dir / run["name"] / FLAGS_FILE).read_text()
+    domains, groups = hparams_dashboard(sweep_dir)
+    assert domains == {"learning_rate": (1e-3, 1e-2)}
+    assert sorted(group.name for group in groups) == sorted(run["name"] for run in plan["runs"])
+
+
+def test_submitting_a_finished_sweep_again_submits_nothing(slurm, arrays):
+    sweep_dir, _ = arrays["grid"]
+    done = run_module(
+        "launch.sweep",
+        "--engine=slurm",
+        "--submit",
+        f"--sweep_dir={sweep_dir}",
+        "--parallel=2",
+        *GRID,
+        "--",
+        *TINY,
+        env=slurm.env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "every run is finished or running; nothing to submit" in done.stderr
+    assert [row[3] for row in table_rows(done.stdout)] == ["finished"] * 4
+    assert not slurm.run("squeue", "--noheader").stdout.strip()
+
+
+def test_submit_without_sbatch_is_one_line_and_writes_nothing(tmp_path):
+    done = run_module(
+        "launch.sweep",
+        "--engine=slurm",
+        "--submit",
+        f"--sweep_dir={tmp_path / 'sweep'}",
+        "--grid=seed=0",
+        env={**environment(), "PATH": str(tmp_path)},
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "launch.sweep: error: --submit: sbatch not found; is this a Slurm login node?"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_task_preempted_by_sigterm_is_requeued_and_resumes(slurm, arrays):
+    sweep_dir, job_id = arrays["preempted"]
+    run_dir = sweep_dir / "seed=0"
+    state = slurm.job(job_id)
+    output = (sweep_dir / f"slurm-{job_id}_0.out").read_text()
+    assert (state["JobState"], state["Restarts"]) == ("COMPLETED", "1"), output
+    assert f"launch.sweep: preempted (exit code 143); requeueing job {job_id}" in output
+    log = (run_dir / LOG_FILE).read_text()
+    assert log.count("launch.sweep: ") == 2  # Both attempts, each headed by its command.
+    assert "SIGTERM: stopped at step 50" in log
+    assert re.search(r"resumed from \S+/ckpt-50 at step 50", log), log
+    assert json.loads((run_dir / RESULT_FILE).read_text())["steps"] == 150
+    code, stdout = status(sweep_dir)
+    assert code == 0 and [row[2] for row in table_rows(stdout)] == ["finished"], stdout
