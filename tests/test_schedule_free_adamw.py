@@ -226,6 +226,26 @@ def test_follows_the_authors_reference_with_warmup_and_weight_decay(r, power):
     assert float(optimizer.current_learning_rate()) == settings["lr"]  # Warm-up over.
 
 
+def test_a_float16_overflow_leaves_y_z_x_and_the_average_alone():
+    optimizer = ScheduleFreeAdamW(0.1, warmup_steps=3, loss_scaling=True)
+    y = tf.Variable([1.0, 2.0])
+    optimizer.build([y])
+    optimizer.apply_gradients([optimizer.scale_loss(tf.constant([0.5, -1.0]))], [y])
+
+    def state():
+        counters = (optimizer.iterations, optimizer.weight_sum, optimizer.average_weight)
+        return [v.numpy().copy() for v in (y, *optimizer.slots[0], *counters)]
+
+    before = state()
+    optimizer.apply_gradients([tf.constant([np.inf, 1.0])], [y])
+    assert int(optimizer.skipped_steps) == 1
+    for a, b in zip(before, state()):
+        np.testing.assert_array_equal(a, b)
+    # The next applied step is the second: lr_t = 2/3 lr, c_2 = 4 / (1 + 4).
+    optimizer.apply_gradients([optimizer.scale_loss(tf.constant([0.5, -1.0]))], [y])
+    assert float(optimizer.average_weight) == pytest.approx(4 / 5)
+
+
 def test_a_schedule_is_refused():
     with pytest.raises(ValueError, match="learning_rate must be a number, not a schedule"):
         ScheduleFreeAdamW(lambda step: 0.1)
@@ -281,19 +301,21 @@ def everything(state):
 
 @pytest.fixture(scope="module")
 def runs(train_split, tmp_path_factory):
-    """7 steps three ways, the warm-up's 4 among them: straight through, saved after 3 and
-    resumed in a new train state, and with each batch in 4 micro-batches."""
-    strategy, whole = new_state()
-    start = everything(whole)
-    whole.train(batches(strategy, train_split), 3)  # Mid warm-up.
-    path = whole.checkpoint().save(str(tmp_path_factory.mktemp("sf") / "ckpt"))
-    whole.train(batches(strategy, train_split, skip=3), 4)
-    strategy, resumed = new_state()
-    resumed.checkpoint().restore(path).assert_consumed()
-    resumed.train(batches(strategy, train_split, skip=3), 4)
+    """7 steps, the warm-up's 4 among them: straight through (saved after 3); from that
+    checkpoint again, restored into the same train state; and with each batch in 4
+    micro-batches."""
+    strategy, state = new_state()
+    start = everything(state)
+    state.train(batches(strategy, train_split), 3)  # Mid warm-up.
+    path = state.checkpoint().save(str(tmp_path_factory.mktemp("sf") / "ckpt"))
+    state.train(batches(strategy, train_split, skip=3), 4)
+    straight = everything(state)
+    state.checkpoint().restore(path).assert_consumed()
+    state.train(batches(strategy, train_split, skip=3), 4)
+    resumed = everything(state)
     strategy, accumulated = new_state(dataclasses.replace(CONFIG, grad_accum_steps=4))
     accumulated.train(batches(strategy, train_split), 7)
-    return start, whole, resumed, accumulated
+    return start, state, straight, resumed, accumulated
 
 
 def test_the_trainer_keeps_x_in_a_second_model_that_it_validates_and_exports(runs):
@@ -312,13 +334,14 @@ def test_the_trainer_keeps_x_in_a_second_model_that_it_validates_and_exports(run
 
 
 def test_a_resumed_run_goes_on_bit_for_bit(runs):
-    _, whole, resumed, _ = runs
-    for a, b in zip(everything(whole), everything(resumed)):
+    *_, straight, resumed, _ = runs
+    assert len(straight) == len(resumed) == 4 * 5 + 3  # y, x, z, v, x again; 3 counters.
+    for a, b in zip(straight, resumed):
         np.testing.assert_array_equal(a, b)
 
 
 def test_clipping_and_accumulation_compose(runs):
-    _, whole, _, accumulated = runs
-    assert whole.step == accumulated.step == 7
-    for a, b in zip(everything(whole), everything(accumulated)):
+    _, state, straight, _, accumulated = runs
+    assert state.step == accumulated.step == 7
+    for a, b in zip(straight, everything(accumulated)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
