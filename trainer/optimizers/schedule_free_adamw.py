@@ -23,8 +23,9 @@ class ScheduleFreeAdamW(Optimizer, flag_name="schedule_free_adamw"):
 
     p is `weight_lr_power`: with p = 2 the warm-up's small steps weigh little in x. This is the
     authors' reference (adamw_schedulefree_reference.py), weight decay at y included. Keras's
-    ScheduleFreeAdamW averages with c_t = 1/t (r = 0, p = 0: the same without a warm-up), and
-    its weight decay shrinks y before the step, which moves x by lr * weight_decay * y / beta_1.
+    ScheduleFreeAdamW differs (docs/optimizers.md): it averages with c_t = 1/t (ours with r = 0,
+    p = 0), its weight decay shrinks y before the step, and it recovers x from y and the z of
+    after the step's update.
 
     `learning_rate` is a number: the warm-up is the optimizer's own, and x's average takes the
     place of a decaying schedule (lr_max of the reference is lr_t, which never decreases here).
@@ -75,7 +76,6 @@ class ScheduleFreeAdamW(Optimizer, flag_name="schedule_free_adamw"):
         # Once a step, before the variables' updates: w_1 + ... + w_t, and c_t (float64, as the
         # reference's Python floats). Created by build().
         self.weight_sum = self.average_weight = None
-        self._rules = []  # Per variable: its rule, with or without weight decay.
 
     def build(self, variables):
         super().build(variables)
@@ -102,10 +102,6 @@ class ScheduleFreeAdamW(Optimizer, flag_name="schedule_free_adamw"):
         for var, (z, _, x) in zip(variables, self.slots):
             z.assign(var)
             x.assign(var)
-        self._rules = [
-            self._decaying_step if self.weight_decay and self.decays(var) else self._step
-            for var in variables
-        ]
 
     def current_learning_rate(self) -> tf.Tensor:
         """lr_t of the step about to run: the peak, after the linear warm-up."""
@@ -126,16 +122,10 @@ class ScheduleFreeAdamW(Optimizer, flag_name="schedule_free_adamw"):
         self.weight_sum.assign(tf.where(applies, weight_sum, self.weight_sum))
         self.average_weight.assign(tf.where(applies, weight / weight_sum, self.average_weight))
 
-    def update_rule_for(self, index):
-        return self._rules[index]
-
-    def _decaying_step(self, grad, var, learning_rate, slots, step):
-        z = slots[0]
-        z.assign_sub(learning_rate * self.weight_decay * var)  # At y, as the reference.
-        self._step(grad, var, learning_rate, slots, step)
-
-    def _step(self, grad, var, learning_rate, slots, step):
+    def update_step(self, grad, var, learning_rate, slots, step):
         z, v, x = slots
+        if self.weight_decay and self.decays(var):  # Decided as the update is traced.
+            z.assign_sub(learning_rate * self.weight_decay * var)  # At y, as the reference.
         t = tf.cast(step, tf.float64)
         correction_2 = tf.cast(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), t), var.dtype)
         v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad))

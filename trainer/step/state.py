@@ -74,7 +74,7 @@ def optimizer_for(
     if "warmup_steps" in optimizers.options(config.optimizer):  # Its own warm-up, no schedule.
         learning_rate = config.learning_rate
         settings["warmup_steps"] = int(config.warmup_epochs * steps_per_epoch)
-    if "averages" in optimizers.options(config.optimizer):  # Schedule-Free's x.
+    if config.optimizer in AVERAGING_OPTIMIZERS:  # Schedule-Free's x.
         settings["averages"] = averages
     transforms = []
     if config.clip_global_norm:
