@@ -99,7 +99,7 @@ CASES = [
         "trainer.train",
         "--weight_decay=0.1",
         "trainer.train: error: --weight_decay=0.1: --optimizer=adam takes no weight_decay; "
-        "adamw, lion, muon do",
+        "adamw, lion, muon, schedule_free_adamw do",
     ),
     BadInput(
         "trainer.train",
@@ -116,6 +116,18 @@ CASES = [
         "trainer.train",
         "--ema_decay=1",
         "trainer.train: error: --ema_decay=1.0: must be 0 (no average) or a decay in (0, 1)",
+    ),
+    BadInput(
+        "trainer.train",
+        "--optimizer=schedule_free_adamw",
+        "trainer.train: error: --lr_schedule=cosine: --optimizer=schedule_free_adamw takes no "
+        "decay: its average of the weights replaces it; use --lr_schedule=constant",
+    ),
+    BadInput(
+        "trainer.train",
+        "--optimizer=schedule_free_adamw --lr_schedule=constant --ema_decay=0.999",
+        "trainer.train: error: --ema_decay=0.999: --optimizer=schedule_free_adamw already "
+        "validates, tests and exports an average of the weights (x); set no --ema_decay",
     ),
     BadInput(
         "trainer.train",

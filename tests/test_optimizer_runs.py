@@ -109,3 +109,30 @@ def test_a_sam_run_exports_and_checkpoints_w_never_w_plus_e(tmp_path):
         atol=1e-7,
     )
     assert result.test_accuracy > 0.85
+
+
+def test_a_schedule_free_run_learns_and_validates_tests_and_exports_x(tmp_path):
+    config = dataclasses.replace(
+        CONFIG,
+        logdir=str(tmp_path),
+        optimizer="schedule_free_adamw",
+        lr_schedule="constant",
+        warmup_epochs=0.2,
+        learning_rate=5e-3,
+        clip_global_norm=0.0,
+        ema_decay=0.0,
+        epochs=1,
+    )
+    result = train_and_evaluate(config)
+    logged = scalars(result.run_dir)
+    assert len(logged["eval/accuracy"]) == len(logged["eval_ema/accuracy"]) == 1  # y and x.
+    assert logged["eval/accuracy"] != logged["eval_ema/accuracy"]
+    y, x = models_from_the_last_checkpoint(config, result.run_dir)  # x: optimizer/averages/.
+    pixels = mnist.to_features(tf.constant(mnist.load("bundled").test.images[:512]))
+    served = tf.saved_model.load(result.export_dir).signatures["classify_pixels"]
+    probabilities = served(pixels=pixels)["probabilities"].numpy()
+    np.testing.assert_allclose(
+        probabilities, tf.nn.softmax(x(pixels)).numpy(), rtol=1e-5, atol=1e-7
+    )
+    assert not np.allclose(probabilities, tf.nn.softmax(y(pixels)).numpy(), atol=1e-3)
+    assert result.test_accuracy > 0.9

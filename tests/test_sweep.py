@@ -293,7 +293,7 @@ def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_sweep_exits_130(tmp_pat
             ["optimizer=adam,sgd"],
             {},
             "run optimizer=sgd: --optimizer=sgd: value should be one of "
-            "<adam|adamw|gd|lion|momentum|muon>",
+            "<adam|adamw|gd|lion|momentum|muon|schedule_free_adamw>",
         ),
         (
             ["learning_rate=1e-3,-1"],

@@ -25,7 +25,8 @@ SET_HERE = {"strategy": "the launcher"}
         (
             ["--optimizer=sgd"],
             None,
-            "--optimizer=sgd: value should be one of <adam|adamw|gd|lion|momentum|muon>",
+            "--optimizer=sgd: value should be one of "
+            "<adam|adamw|gd|lion|momentum|muon|schedule_free_adamw>",
         ),
         (["--deterministic=maybe"], None, "--deterministic=maybe: ('Non-boolean argument"),
         (["--jit_compile=maybe"], None, "--jit_compile=maybe: must be one of auto, true, false"),

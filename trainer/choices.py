@@ -32,4 +32,9 @@ OPTIMIZERS = {
     "lion": ("weight_decay", "beta_1", "beta_2"),
     "momentum": ("momentum",),
     "muon": ("weight_decay", "momentum", "exclude_layers"),
+    "schedule_free_adamw": ("weight_decay", "beta_1", "beta_2"),
 }
+# Optimizers that keep an average of the weights as their own state and warm up by themselves
+# (Schedule-Free): the trainer validates, tests and exports the average, and refuses a decaying
+# schedule and --ema_decay with them.
+AVERAGING_OPTIMIZERS = ("schedule_free_adamw",)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from data import SOURCES
 from trainer.choices import (
+    AVERAGING_OPTIMIZERS,
     INITIAL_LOSS_SCALE,
     JIT_COMPILE_CHOICES,
     LOSS_SCALE_GROWTH_INTERVAL,
@@ -98,14 +99,18 @@ class TrainConfig:
     optimizer: str = setting("adam", "Optimizer.", tuple(OPTIMIZERS))
     weight_decay: float | None = setting(
         None,
-        "adamw, lion, muon: decoupled weight decay, w -= lr_t * weight_decay * w each step, of "
-        "the weight matrices (never biases); unset: the optimizer's default (0.004; lion 0).",
+        "adamw, lion, muon, schedule_free_adamw: decoupled weight decay, w -= lr_t * "
+        "weight_decay * w each step, of the weight matrices (never biases); unset: the "
+        "optimizer's default (0.004; lion, schedule_free_adamw 0).",
     )
     beta_1: float | None = setting(
-        None, "adam, adamw, lion: beta_1; unset: the optimizer's default (0.9)."
+        None,
+        "adam, adamw, lion, schedule_free_adamw: beta_1; unset: the optimizer's default (0.9).",
     )
     beta_2: float | None = setting(
-        None, "adam, adamw, lion: beta_2; unset: the optimizer's default (0.999; lion 0.99)."
+        None,
+        "adam, adamw, lion, schedule_free_adamw: beta_2; unset: the optimizer's default "
+        "(0.999; lion 0.99).",
     )
     momentum: float | None = setting(
         None, "momentum, muon: the momentum; unset: the optimizer's default (0.7; muon 0.95)."
@@ -236,6 +241,12 @@ class TrainConfig:
         )
         self._validate_optimizer_settings(need)
         need(self.lr_schedule in SCHEDULES, "lr_schedule", f"must be one of {', '.join(SCHEDULES)}")
+        need(
+            self.optimizer not in AVERAGING_OPTIMIZERS or self.lr_schedule == "constant",
+            "lr_schedule",
+            f"--optimizer={self.optimizer} takes no decay: its average of the weights replaces "
+            "it; use --lr_schedule=constant (its warm-up is --warmup_epochs)",
+        )
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
         need(self.grad_accum_steps >= 1, "grad_accum_steps", "must be at least 1")
         need(self.epochs >= 1, "epochs", "must be at least 1")
@@ -330,6 +341,12 @@ class TrainConfig:
             0 <= self.ema_decay < 1,
             "ema_decay",
             "must be 0 (no average) or a decay in (0, 1), e.g. 0.999",
+        )
+        need(
+            self.optimizer not in AVERAGING_OPTIMIZERS or not self.ema_decay,
+            "ema_decay",
+            f"--optimizer={self.optimizer} already validates, tests and exports an average of "
+            "the weights (x); set no --ema_decay",
         )
 
     def _validate_loss_scaling(self, need) -> None:

@@ -293,6 +293,8 @@ class Optimizer(tf.Module):
             factor = transform.scale_gradients(grad_norm, finite)
             if factor is not None:
                 scale = factor if scale is None else scale * factor
+        # Without loss scaling a step applies even when not finite (and is reported).
+        self.before_updates(step, learning_rate, finite if self.loss_scaling else True)
         for grad, var in pairs:
             index = self._slot_index[var.ref()]
             strategy.extended.update(
@@ -360,6 +362,12 @@ class Optimizer(tf.Module):
         self.update_rule_for(index)(grad, var, learning_rate, slots, step)
         for transform, its_slots in zip(self.transforms, transform_slots):
             transform.after_update(index, var, its_slots)
+
+    def before_updates(self, step, learning_rate, applies) -> None:
+        """Once a step, in cross-replica context, before the variables' updates: where a rule
+        keeps state of the whole step rather than of a variable (Schedule-Free's sum of
+        weights). `applies`: whether the step applies. Nothing, unless the rule needs it."""
+        return None
 
     def update_rule_for(self, index: int) -> Callable:
         """The rule for the `index`-th variable built: `update_step`, unless the rule depends

@@ -15,6 +15,7 @@ import tensorflow as tf
 from data import mnist
 from models.mlp import MLP
 from trainer import optimizers
+from trainer.choices import AVERAGING_OPTIMIZERS
 from trainer.common.errors import OneLineError
 from trainer.config import ConfigError, TrainConfig
 from trainer.step.machine_fit import uses_xla
@@ -61,14 +62,20 @@ def optimizer_for(
     averages: list[tf.Variable] | None = None,
 ) -> optimizers.Optimizer:
     """The config's optimizer with its settings, transforms and (mixed_float16) loss scaling;
-    `averages`: where the weight EMA keeps its averages (with --ema_decay). Weight decay never
-    touches biases."""
+    `averages`: where the weight EMA keeps its averages (with --ema_decay), or Schedule-Free
+    its x. Weight decay never touches biases."""
     settings = config.optimizer_settings()
     if "weight_decay" in optimizers.options(config.optimizer):
         settings["decays"] = optimizers.is_weight_matrix
     if config.optimizer == "muon":  # Which layers take AdamW: by default the output layer.
         excluded = config.exclude_layers or (model.layers[-1].name,)
         settings["exclude_layers"] = [f"(^|/){name}/" for name in excluded]
+    learning_rate = learning_rate_schedule(config, steps_per_epoch)
+    if "warmup_steps" in optimizers.options(config.optimizer):  # Its own warm-up, no schedule.
+        learning_rate = config.learning_rate
+        settings["warmup_steps"] = int(config.warmup_epochs * steps_per_epoch)
+    if config.optimizer in AVERAGING_OPTIMIZERS:  # Schedule-Free's x.
+        settings["averages"] = averages
     transforms = []
     if config.clip_global_norm:
         transforms.append(optimizers.ClipByGlobalNorm(config.clip_global_norm))
@@ -79,7 +86,7 @@ def optimizer_for(
     )
     return optimizers.create(
         config.optimizer,
-        learning_rate_schedule(config, steps_per_epoch),
+        learning_rate,
         xla_update=config.xla_update,
         loss_scaling=loss_scaling,
         transforms=transforms,
@@ -96,7 +103,8 @@ class TrainState:
     train_loop: tf.types.experimental.PolymorphicFunction  # (iterator, num_steps)
     eval_loop: tf.types.experimental.PolymorphicFunction  # (iterator, num_batches)
     global_batch_size: int
-    # With --ema_decay: a second model whose weights are the averages, and its eval loop.
+    # With --ema_decay: a second model whose weights are the averages, and its eval loop;
+    # with schedule_free_adamw, x is its weights.
     ema_model: MLP | None
     ema_eval_loop: tf.types.experimental.PolymorphicFunction | None
     # [first step, last step] of each window of steps whose batches were skipped because
@@ -105,7 +113,8 @@ class TrainState:
 
     @property
     def final_model(self) -> MLP:
-        """What is validated, tested and exported: the averaged weights, with an EMA."""
+        """What is validated, tested and exported: the averaged weights, with an EMA (or
+        Schedule-Free's x)."""
         return self.ema_model or self.model
 
     @property
@@ -228,7 +237,8 @@ def build_train_state(
 
     with strategy.scope():
         model = new_model()
-        ema_model = new_model() if config.ema_decay else None
+        averaged = config.ema_decay or config.optimizer in AVERAGING_OPTIMIZERS
+        ema_model = new_model() if averaged else None
         averages = ema_model.trainable_variables if ema_model else None
         optimizer = optimizer or optimizer_for(config, model, steps_per_epoch, averages)
         optimizer.build(model.trainable_variables)
