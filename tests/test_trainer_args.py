@@ -69,6 +69,16 @@ def test_the_config_is_the_one_the_trainer_would_build(tmp_path):
     )
 
 
+def test_schedule_free_takes_a_constant_rate_unless_a_schedule_is_asked_for():
+    # Its average of the weights replaces the decay: the default schedule gives way to it; a
+    # decaying schedule the user asks for is refused (tests/test_command_lines.py).
+    config = trainer_config(["--optimizer=schedule_free_adamw"])
+    assert config.lr_schedule == "constant"
+    assert trainer_config(["--optimizer=adamw"]).lr_schedule == "cosine"
+    with pytest.raises(LaunchError, match="^--lr_schedule=cosine: --optimizer=schedule_free"):
+        trainer_config(["--optimizer=schedule_free_adamw", "--lr_schedule=cosine"])
+
+
 @pytest.mark.parametrize(
     "args, jit_compile",
     [

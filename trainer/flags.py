@@ -9,6 +9,7 @@ import dataclasses
 
 from absl import flags, logging
 
+from trainer.choices import AVERAGING_OPTIMIZERS
 from trainer.config import ConfigError, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -97,5 +98,12 @@ def config_from_flags(flag_values: flags.FlagValues) -> TrainConfig:
             _DEFAULTS.warmup_epochs,
             values["epochs"],
             values["warmup_epochs"],
+        )
+    if not flag_values["lr_schedule"].present and values["optimizer"] in AVERAGING_OPTIMIZERS:
+        # Its average of the weights takes the place of a decay, which it refuses.
+        values["lr_schedule"] = "constant"
+        logging.info(
+            "--lr_schedule: constant for --optimizer=%s, which averages its weights instead",
+            values["optimizer"],
         )
     return TrainConfig(**values)
