@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer.config import ConfigError, TrainConfig
 from trainer.optimizers import (
     OPTIMIZERS,
     Adam,
@@ -266,3 +267,13 @@ def test_reaches_the_minimum_of_a_test_function_in_a_compiled_loop_traced_once(
     assert int(optimizer.iterations) == steps
     np.testing.assert_allclose(x.numpy(), minimum, rtol=0, atol=tolerance)
     assert float(loss(x)) < tolerance
+
+
+def test_the_muon_scale_names_the_run_and_holds_its_resumption():
+    spectral = TrainConfig(optimizer="muon", muon_scale="spectral")
+    assert "_muon_spectral_lr" in spectral.run_dir_name()
+    assert create("muon", 1e-3, **spectral.optimizer_settings()).muon_scale == "spectral"
+    with pytest.raises(ConfigError, match="^--muon_scale=unset: .* with --muon_scale=spectral"):
+        TrainConfig(optimizer="muon").check_resumable(spectral.flagfile(), "runs/r/flags.txt")
+    with pytest.raises(ConfigError, match="^--muon_scale=keller: must be one of moonlight, spec"):
+        TrainConfig(optimizer="muon", muon_scale="keller").validate()
