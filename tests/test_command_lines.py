@@ -141,6 +141,17 @@ CASES = [
     ),
     BadInput(
         "trainer.train",
+        "--muon_scale=spectral",
+        "trainer.train: error: --muon_scale=spectral: --optimizer=adam takes no muon_scale; "
+        "muon does",
+    ),
+    BadInput(
+        "trainer.train",
+        "--optimizer=muon --muon_scale=keller",
+        "flag --muon_scale=keller: value should be one of <moonlight|spectral>",
+    ),
+    BadInput(
+        "trainer.train",
         "--loss_scale_growth_interval=10",
         "trainer.train: error: --loss_scale_growth_interval=10: only --precision=mixed_float16 "
         "scales the loss (not --precision=float32)",

@@ -76,8 +76,10 @@ def test_the_transforms_state_stays_identical_on_every_replica(train_split):
     state.train_loop(iterator, tf.constant(5))
     clip, ema = state.optimizer.transforms[1:]  # After AdamW's own weight decay.
     assert int(clip.clipped_steps.numpy()) == 5  # A limit of 0.1 clips every step here.
+    assert int(ema.updates.numpy()) == 5  # The EMA's t: once a step, not once per replica.
     assert all(a is b for a, b in zip(ema.averages, state.ema_model.trainable_variables))
-    for variable in [*state.model.trainable_variables, *ema.averages, clip.clipped_steps]:
+    counts = [clip.clipped_steps, ema.updates]
+    for variable in [*state.model.trainable_variables, *ema.averages, *counts]:
         first, second = replica_copies(variable)
         np.testing.assert_array_equal(first, second, err_msg=variable.name)
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from trainer.optimizers import AdamW, Lion, Muon, is_weight_matrix
-from trainer.optimizers.muon import orthogonalize
+from trainer.optimizers.muon import orthogonalize, update_scale
 
 EVERYTHING = lambda var: True  # noqa: E731  Keras decays every variable it is not told to skip.
 
@@ -94,8 +94,9 @@ def test_adamw_follows_keras_adamw_for_20_steps():
     )
     for a, b in zip(ours, theirs):  # Float32 rounding only: 20 steps move x by ~0.2.
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
-    # With epsilon where the paper puts it, each step differs by less than lr * epsilon /
-    # sqrt(v_hat) per coordinate (epsilon = 1e-7, so 2e-5 in 20 steps at |g| ~ 0.1).
+    # With epsilon where the paper puts it, each step differs by at most lr * epsilon *
+    # (1 / sqrt(1 - beta_2^t) - 1) * |m_hat| / v_hat per coordinate (docs/optimizers.md):
+    # about 2e-6 in 20 steps at |g| ~ 0.1, under the 2e-5 allowed here.
     paper, _ = follow_keras(
         AdamW(**settings, decays=EVERYTHING), keras.optimizers.AdamW(**settings), SHAPES_2D, 20
     )
@@ -175,3 +176,43 @@ def test_muon_follows_keras_muon_on_each_orientation_for_10_steps(shape):
     assert muon.takes_muon(ours)
     assert np.abs(ours.numpy() - start).max() > 1e-3  # A thousand times the tolerance below.
     np.testing.assert_allclose(ours.numpy(), np.asarray(theirs.numpy()), rtol=0, atol=1e-6)
+
+
+ORIENTATIONS = {"wide": (64, 256), "square": (96, 96), "tall": (256, 64)}
+
+
+@pytest.mark.parametrize("shape", ORIENTATIONS.values(), ids=ORIENTATIONS.keys())
+def test_the_default_scale_is_keras_moonlight_adjustment(shape):
+    assert Muon().muon_scale == "moonlight"
+    factor = keras.optimizers.Muon().lr_adjust(tf.ones(shape))  # Keras's, on every element.
+    np.testing.assert_allclose(update_scale(shape, "moonlight", 0.2), np.asarray(factor), rtol=1e-6)
+
+
+# A [in, out] kernel is PyTorch's (out, in) weight transposed: the author's max(1, out / in).
+SPECTRAL_SCALES = {"wide": (256 / 64) ** 0.5, "square": 1.0, "tall": 1.0}
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_the_spectral_scale_is_the_authors_rule(orientation):
+    # One step from zero with the same gradient, no decay: the two scales differ only in the
+    # factor on the same orthogonalized update, sqrt(max(1, out / in)) against Moonlight's
+    # 0.2 * sqrt(max(in, out)).
+    shape = ORIENTATIONS[orientation]
+    grad = tf.constant(np.random.default_rng(2).normal(size=shape).astype(np.float32))
+    moved = {}
+    for muon_scale in ("moonlight", "spectral"):
+        var = tf.Variable(tf.zeros(shape))
+        Muon(1e-3, weight_decay=0.0, muon_scale=muon_scale).apply_gradients([grad], [var])
+        moved[muon_scale] = -var.numpy()
+    assert update_scale(shape, "spectral", 0.2) == SPECTRAL_SCALES[orientation]
+    want = SPECTRAL_SCALES[orientation] / (0.2 * max(shape) ** 0.5)
+    np.testing.assert_allclose(moved["spectral"], moved["moonlight"] * want, rtol=1e-5)
+    # Orthogonalized, the update's singular values are near 1 (Newton-Schulz's S' in
+    # [0.7, 1.2]): its spectral norm is about lr times the scale.
+    top = np.linalg.svd(moved["spectral"], compute_uv=False)[0]
+    assert 0.6e-3 * SPECTRAL_SCALES[orientation] < top < 1.3e-3 * SPECTRAL_SCALES[orientation]
+
+
+def test_an_unknown_scale_is_refused():
+    with pytest.raises(ValueError, match="muon_scale must be one of moonlight, spectral"):
+        Muon(muon_scale="keller")

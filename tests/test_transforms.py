@@ -1,5 +1,7 @@
 """Clipping, weight decay and weight EMA: known values, on several replicas, under loss scaling."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -56,18 +58,47 @@ def test_clipping_clips_the_gradients_summed_across_replicas(grads, loss_scaling
     assert not np.allclose(per_replica.numpy(), clipped.numpy())
 
 
-def test_the_ema_of_two_steps_by_hand():
-    # GD with lr 0.5 from x = 1, gradients 1 then 2: x = 0.5, then -0.5. With decay 0.9 the
-    # average starts at 1: 0.9 * 1 + 0.1 * 0.5 = 0.95, then 0.9 * 0.95 + 0.1 * -0.5 = 0.805.
+def warmed_up_average(decay, start, weights):
+    """The EMA by hand: from `start`, d_t = min(decay, (1 + t) / (10 + t)) at step t."""
+    average = start
+    for t, w in enumerate(weights, start=1):
+        d = min(decay, (1 + t) / (10 + t))
+        average = d * average + (1 - d) * w
+    return average
+
+
+def test_the_ema_of_five_steps_by_hand():
+    # GD with lr 0.5 from x = 1, gradients 1, 2, -1, 0.5, 4: x = 0.5, -0.5, 0, -0.25, -2.25.
+    # With decay 0.3 the warm-up's d_t is 2/11 and 3/12, then 4/13 > 0.3 caps it: by hand,
+    # 2/11 * 1 + 9/11 * 0.5 = 0.5909..., then 0.25 * 0.5909 + 0.75 * -0.5 = -0.2273..., ...
     x = tf.Variable([1.0])
-    ema = WeightEMA(0.9)
+    ema = WeightEMA(0.3)
     optimizer = GradientDescent(0.5, transforms=[ema])
-    averages = []
-    for g in (1.0, 2.0):
+    weights, averages = [], []
+    for g in (1.0, 2.0, -1.0, 0.5, 4.0):
         optimizer.apply_gradients([tf.constant([g])], [x])
+        weights.append(float(x[0]))
         averages.append(float(ema.averages[0][0]))
-    assert x.numpy()[0] == -0.5
-    assert averages == pytest.approx([0.95, 0.805], abs=1e-7)
+    assert weights == [0.5, -0.5, 0.0, -0.25, -2.25]
+    assert averages[0] == pytest.approx(6.5 / 11, rel=1e-6)
+    want = [warmed_up_average(0.3, 1.0, weights[:t]) for t in range(1, 6)]
+    assert averages == pytest.approx(want, rel=1e-6)
+    assert averages[1] == pytest.approx(0.25 * (2 / 11 + 4.5 / 11) - 0.75 * 0.5, rel=1e-6)
+    assert int(ema.updates) == 5
+
+
+def test_the_average_forgets_the_initial_weights():
+    # x jumps from 1000 to 0 at the first step and stays. A fixed decay of 0.9999 would keep
+    # 1000 * 0.9999^50 = 995 of the start after 50 steps; the warm-up keeps 10! 51! / 60!.
+    x = tf.Variable([1000.0])
+    ema = WeightEMA(0.9999)
+    optimizer = GradientDescent(1.0, transforms=[ema])
+    optimizer.apply_gradients([tf.constant([1000.0])], [x])
+    for _ in range(49):
+        optimizer.apply_gradients([tf.constant([0.0])], [x])
+    kept = math.factorial(10) * math.factorial(51) / math.factorial(60)
+    assert kept < 1e-9
+    assert float(ema.averages[0][0]) == pytest.approx(1000.0 * kept, rel=1e-4)
 
 
 def test_a_step_skipped_for_an_overflow_leaves_the_average_alone():
@@ -75,21 +106,50 @@ def test_a_step_skipped_for_an_overflow_leaves_the_average_alone():
     ema = WeightEMA(0.5)
     optimizer = optimizers.Adam(0.1, loss_scaling=True, transforms=[ema])
     optimizer.build([x])
+    start = x.numpy().copy()
     optimizer.apply_gradients([optimizer.scale_loss(tf.constant([1.0, 1.0]))], [x])
-    before = ema.averages[0].numpy().copy()
+    before, first = ema.averages[0].numpy().copy(), x.numpy().copy()
     optimizer.apply_gradients([tf.constant([np.inf, 1.0])], [x])
     np.testing.assert_array_equal(ema.averages[0].numpy(), before)
     assert int(optimizer.skipped_steps) == 1
+    assert int(ema.updates) == 1  # t counts the steps applied, as Adam's bias correction does.
+    optimizer.apply_gradients([optimizer.scale_loss(tf.constant([1.0, 1.0]))], [x])
+    np.testing.assert_allclose(
+        ema.averages[0].numpy(), warmed_up_average(0.5, start, [first, x.numpy()]), rtol=1e-6
+    )
 
 
 def test_the_averages_can_be_another_models_weights():
     weights, other = tf.Variable([[1.0, 2.0]]), tf.Variable([[0.0, 0.0]])
     ema = WeightEMA(0.5, averages=[other])
     GradientDescent(1.0, transforms=[ema]).apply_gradients([tf.constant([[2.0, 2.0]])], [weights])
-    # Built from the weights (1, 2), then averaged with them after the step (-1, 0).
-    np.testing.assert_array_equal(other.numpy(), [[0.0, 1.0]])
+    # Built from the weights (1, 2), then averaged with them after the step (-1, 0), d_1 = 2/11.
+    np.testing.assert_allclose(other.numpy(), [[-7 / 11, 4 / 11]], rtol=1e-6)
     with pytest.raises(ValueError, match="shapes"):
         WeightEMA(0.5, averages=[tf.Variable([0.0])]).build([weights])
+
+
+def test_the_ema_counts_each_step_once_on_two_replicas():
+    # In a compiled step on 2 replicas, t is read after this step's increment, once a step.
+    strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
+    with strategy.scope():
+        x = tf.Variable([[1.0, 2.0]])
+        ema = WeightEMA(0.9)
+        optimizer = GradientDescent(0.5, transforms=[ema])
+        optimizer.build([x])
+
+    @tf.function
+    def step():
+        strategy.run(lambda: optimizer.apply_gradients([tf.constant([[1.0, -1.0]])], [x]))
+
+    weights = []
+    for _ in range(3):
+        step()
+        weights.append(x.values[0].numpy())
+    want = warmed_up_average(0.9, np.array([[1.0, 2.0]]), weights)
+    for updates, average in zip(ema.updates.values, ema.averages[0].values):
+        assert int(updates) == 3
+        np.testing.assert_allclose(average.numpy(), want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5])
@@ -126,7 +186,7 @@ def test_the_ema_round_trips_through_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("xla_update", [True, False])
 def test_decay_clipping_and_ema_compose_as_their_equations_say(xla_update):
-    # AdamW with a decay of 0.1 on the matrix only, clipping to 1 and an EMA of 0.5, one step.
+    # AdamW with a decay of 0.1 on the matrix only, clipping to 1 and an EMA, one step.
     w, b = tf.Variable([[3.0, 4.0]]), tf.Variable([1.0])
     ema = WeightEMA(0.5)
     optimizer = optimizers.AdamW(
@@ -137,5 +197,9 @@ def test_decay_clipping_and_ema_compose_as_their_equations_say(xla_update):
     # (clipped) size; the decay shrinks w first: w * (1 - 0.1 * 0.1) - 0.1.
     np.testing.assert_allclose(w.numpy(), [[3.0 * 0.99 - 0.1, 4.0 * 0.99 - 0.1]], rtol=1e-6)
     np.testing.assert_array_equal(b.numpy(), [1.0])  # No gradient, no decay: a bias.
-    np.testing.assert_allclose(ema.averages[0].numpy(), (w.numpy() + [[3.0, 4.0]]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        ema.averages[0].numpy(),
+        (9 * w.numpy() + [[6.0, 8.0]]) / 11,
+        rtol=1e-6,  # d_1 = 2/11.
+    )
     assert float(optimizer.grad_norm) == pytest.approx(10.0)

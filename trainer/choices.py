@@ -12,6 +12,9 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_COMPILE_CHOICES = ("auto", "true", "false")
 SAM_MODES = ("global", "per_replica")
 SCHEDULES = ("constant", "cosine")
+# The factor on a Muon update (trainer/optimizers/muon.py): Moonlight's, to share AdamW's
+# learning rate, or its author's, sqrt(max(1, fan_out / fan_in)) for a spectral norm of that.
+MUON_SCALES = ("moonlight", "spectral")
 
 # Dynamic loss scaling's defaults (mixed_float16): the first scale, 2^15, and the finite steps
 # in a row after which it doubles, as Keras's LossScaleOptimizer and PyTorch's GradScaler.
@@ -20,7 +23,14 @@ LOSS_SCALE_GROWTH_INTERVAL = 2000
 
 # The trainer's flags that set an optimizer's own hyperparameter, each a constructor keyword of
 # the optimizers that take it.
-OPTIMIZER_SETTINGS = ("weight_decay", "beta_1", "beta_2", "momentum", "exclude_layers")
+OPTIMIZER_SETTINGS = (
+    "weight_decay",
+    "beta_1",
+    "beta_2",
+    "momentum",
+    "exclude_layers",
+    "muon_scale",
+)
 
 # --optimizer's values: each optimizer's flag name (its class's `flag_name`), and which of
 # OPTIMIZER_SETTINGS its constructor takes. A new optimizer adds its line here
@@ -31,7 +41,7 @@ OPTIMIZERS = {
     "gd": (),
     "lion": ("weight_decay", "beta_1", "beta_2"),
     "momentum": ("momentum",),
-    "muon": ("weight_decay", "momentum", "exclude_layers"),
+    "muon": ("weight_decay", "momentum", "exclude_layers", "muon_scale"),
     "schedule_free_adamw": ("weight_decay", "beta_1", "beta_2"),
 }
 # Optimizers that keep an average of the weights as their own state and warm up by themselves

@@ -19,6 +19,7 @@ from trainer.choices import (
     INITIAL_LOSS_SCALE,
     JIT_COMPILE_CHOICES,
     LOSS_SCALE_GROWTH_INTERVAL,
+    MUON_SCALES,
     OPTIMIZER_SETTINGS,
     OPTIMIZERS,
     PRECISIONS,
@@ -38,6 +39,7 @@ _NAME_TAGS = {
     "beta_2": "b2_",
     "momentum": "m",
     "exclude_layers": "ex_",
+    "muon_scale": "",
     "clip_global_norm": "clip",
     "sam_rho": "sam",
     "sam_mode": "",
@@ -119,6 +121,13 @@ class TrainConfig:
         None,
         "muon: the layers that take AdamW instead of Muon's rule, by name (dense_0, dense_1, "
         "...; the last is the output layer); unset: the output layer, as Keras advises.",
+    )
+    muon_scale: str | None = setting(
+        None,
+        "muon: the factor on each orthogonalized update: moonlight, 0.2 * sqrt(max(in, out)), "
+        "to share AdamW's learning rate and decay; spectral, sqrt(max(1, out / in)), Muon's "
+        "author's, for his rates (~0.02); unset: moonlight, as Keras.",
+        MUON_SCALES,
     )
     clip_global_norm: float = setting(
         0.0,
@@ -320,6 +329,11 @@ class TrainConfig:
             self.exclude_layers is None or set(self.exclude_layers) <= set(layers),
             "exclude_layers",
             f"must name layers of the model: {', '.join(layers)}",
+        )
+        need(
+            self.muon_scale is None or self.muon_scale in MUON_SCALES,
+            "muon_scale",
+            f"must be one of {', '.join(MUON_SCALES)}",
         )
         need(
             math.isfinite(self.clip_global_norm) and self.clip_global_norm >= 0,

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from trainer.optimizers.transform import Transform
+from trainer.optimizers.transform import Transform, step_count
 
 
 class ClipByGlobalNorm(Transform):
@@ -24,13 +24,7 @@ class ClipByGlobalNorm(Transform):
 
     def build(self, variables):
         with self.name_scope:
-            self.clipped_steps = tf.Variable(
-                0,
-                dtype=tf.int64,
-                trainable=False,
-                name="clipped_steps",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
+            self.clipped_steps = step_count("clipped_steps")
 
     def scale_gradients(self, grad_norm, finite):
         clipped = finite & (grad_norm > self.clip_norm)

@@ -8,7 +8,7 @@ place that meets `tf.distribute`:
 
 1. `scale_gradients`, once a step in cross-replica context, with the global norm of the
    gradients summed across replicas and workers (unscaled under loss scaling): returns a
-   factor for every gradient, or None. Clipping.
+   factor for every gradient, or None. Clipping; the weight EMA counts its steps here.
 2. `before_update`, per variable and per device copy, before the rule. Weight decay.
 3. `after_update`, per variable and per device copy, after the rule. Weight EMA.
 
@@ -52,3 +52,15 @@ class Transform(tf.Module):
 def slot_base_name(var: tf.Variable) -> str:
     """`mlp/dense_0/w:0` -> `mlp_dense_0_w`: the stem of the names of a variable's state."""
     return var.name.split(":")[0].replace("/", "_")
+
+
+def step_count(name: str) -> tf.Variable:
+    """A count of steps kept by a transform, from 0: int64, and mirrored so that one increment a
+    step in cross-replica context (`scale_gradients`) counts once, not once per replica."""
+    return tf.Variable(
+        0,
+        dtype=tf.int64,
+        trainable=False,
+        name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
