@@ -92,7 +92,13 @@ CASES = [
         "trainer.train",
         "--weight_decay=0.1",
         "trainer.train: error: --weight_decay=0.1: --optimizer=adam takes no weight_decay; "
-        "adamw, lion, muon do",
+        "adafactor, adamw, lamb, lion, muon, nadamw do",
+    ),
+    BadInput(
+        "trainer.train",
+        "--optimizer=adafactor --beta_1=0.9",
+        "trainer.train: error: --beta_1=0.9: --optimizer=adafactor takes no beta_1; "
+        "adam, adamw, lamb, lion, nadamw do",
     ),
     BadInput(
         "trainer.train",
