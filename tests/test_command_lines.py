@@ -99,7 +99,13 @@ CASES = [
         "trainer.train",
         "--weight_decay=0.1",
         "trainer.train: error: --weight_decay=0.1: --optimizer=adam takes no weight_decay; "
-        "adamw, lion, muon, schedule_free_adamw do",
+        "adafactor, adamw, lamb, lion, muon, nadamw, schedule_free_adamw do",
+    ),
+    BadInput(
+        "trainer.train",
+        "--optimizer=adafactor --beta_1=0.9",
+        "trainer.train: error: --beta_1=0.9: --optimizer=adafactor takes no beta_1; "
+        "adam, adamw, lamb, lion, nadamw, schedule_free_adamw do",
     ),
     BadInput(
         "trainer.train",

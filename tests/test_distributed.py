@@ -150,7 +150,10 @@ def test_the_copy_check_catches_updates_from_replica_context(train_split):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["adam", "adamw", "lion", "muon", "schedule_free_adamw"])
+# LAMB's trust ratio and Adafactor's RMS are norms of the summed gradient's step, not per replica.
+@pytest.mark.parametrize(
+    "name", ["adam", "adamw", "lion", "muon", "lamb", "adafactor", "schedule_free_adamw"]
+)
 def test_one_and_two_replicas_take_the_same_steps(name, train_split):
     one, _, _ = run(strategies.create_strategy("one_device"), name, train_split, steps=10)
     two, _, _ = run(

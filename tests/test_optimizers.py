@@ -217,9 +217,9 @@ def matrix_rosenbrock(w):
     return rosenbrock(w[0])
 
 
-# Sign and orthogonalized steps (Lion, Muon) do not shrink with the gradient: they reach a
-# minimum as their learning rate decays, so they run with the cosine schedule. Muon runs on
-# matrices (on vectors it is AdamW), without weight decay, which would move the minimum.
+# Sign, orthogonalized and trust-ratio steps (Lion, Muon, LAMB) do not shrink with the gradient:
+# they reach a minimum as their learning rate decays, so they run with the cosine schedule. Muon
+# runs on matrices (on vectors it is AdamW), without weight decay, which would move the minimum.
 NO_DECAY = {"weight_decay": 0.0}
 TEST_FUNCTIONS = [  # (optimizer, loss, start, its minimum, learning rate, steps, tolerance)
     ("gd", quadratic, (0.0, 0.0), (3.0, -2.0), 0.1, 200, 1e-4),
@@ -229,6 +229,9 @@ TEST_FUNCTIONS = [  # (optimizer, loss, start, its minimum, learning rate, steps
     ("lion", quadratic, (0.0, 0.0), (3.0, -2.0), ("cosine", 0.01), 2000, 1e-4),
     ("muon", matrix_quadratic, [[0.0] * 3] * 2, [[3.0, -2.0, 1.0], [0.5, 1.5, -1.0]],
      ("cosine", 0.05), 2000, 1e-4, NO_DECAY),
+    ("nadamw", quadratic, (0.0, 0.0), (3.0, -2.0), 0.05, 1000, 1e-4),
+    ("lamb", quadratic, (0.0, 0.0), (3.0, -2.0), ("cosine", 0.05), 2000, 1e-4),
+    ("adafactor", quadratic, (0.0, 0.0), (3.0, -2.0), 0.05, 2000, 1e-4),
     # Rosenbrock's classic start; gradient descent needs a small rate in the valley's steep walls.
     ("gd", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 2e-3, 10_000, 1e-3),
     ("momentum", rosenbrock, (-1.2, 1.0), (1.0, 1.0), 1e-3, 10_000, 1e-3),

@@ -28,6 +28,7 @@ from launch.sweep_plan import PLAN_FILE, plan_sweep
 from launch.trainer_args import LaunchError
 from tests import slurm_cluster
 from tests.toolkit import Pause, command_line, environment, finish, run_module, start_module
+from trainer.choices import OPTIMIZERS
 from trainer.config import TrainConfig
 from trainer.run.files import FLAGS_FILE, RESULT_FILE
 
@@ -293,7 +294,7 @@ def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_sweep_exits_130(tmp_pat
             ["optimizer=adam,sgd"],
             {},
             "run optimizer=sgd: --optimizer=sgd: value should be one of "
-            "<adam|adamw|gd|lion|momentum|muon|schedule_free_adamw>",
+            + f"<{'|'.join(OPTIMIZERS)}>",
         ),
         (
             ["learning_rate=1e-3,-1"],

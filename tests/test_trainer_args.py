@@ -5,6 +5,7 @@ is in test_command_lines.py.)"""
 import pytest
 
 from launch.trainer_args import LaunchError, check_trainer_args, trainer_config
+from trainer.choices import OPTIMIZERS
 from trainer.config import TrainConfig
 
 SET_HERE = {"strategy": "the launcher"}
@@ -25,8 +26,7 @@ SET_HERE = {"strategy": "the launcher"}
         (
             ["--optimizer=sgd"],
             None,
-            "--optimizer=sgd: value should be one of "
-            "<adam|adamw|gd|lion|momentum|muon|schedule_free_adamw>",
+            f"--optimizer=sgd: value should be one of <{'|'.join(OPTIMIZERS)}>",
         ),
         (["--deterministic=maybe"], None, "--deterministic=maybe: ('Non-boolean argument"),
         (["--jit_compile=maybe"], None, "--jit_compile=maybe: must be one of auto, true, false"),

@@ -36,12 +36,15 @@ OPTIMIZER_SETTINGS = (
 # OPTIMIZER_SETTINGS its constructor takes. A new optimizer adds its line here
 # (docs/writing-an-optimizer.md); a class that disagrees with its line fails at import.
 OPTIMIZERS = {
+    "adafactor": ("weight_decay",),
     "adam": ("beta_1", "beta_2"),
     "adamw": ("weight_decay", "beta_1", "beta_2"),
     "gd": (),
+    "lamb": ("weight_decay", "beta_1", "beta_2"),
     "lion": ("weight_decay", "beta_1", "beta_2"),
     "momentum": ("momentum",),
     "muon": ("weight_decay", "momentum", "exclude_layers", "muon_scale"),
+    "nadamw": ("weight_decay", "beta_1", "beta_2"),
     "schedule_free_adamw": ("weight_decay", "beta_1", "beta_2"),
 }
 # Optimizers that keep an average of the weights as their own state and warm up by themselves

@@ -101,18 +101,20 @@ class TrainConfig:
     optimizer: str = setting("adam", "Optimizer.", tuple(OPTIMIZERS))
     weight_decay: float | None = setting(
         None,
-        "adamw, lion, muon, schedule_free_adamw: decoupled weight decay, w -= lr_t * "
-        "weight_decay * w each step, of the weight matrices (never biases); unset: the "
-        "optimizer's default (0.004; lion, schedule_free_adamw 0).",
+        "adamw, lion, muon, nadamw, adafactor, schedule_free_adamw: decoupled weight decay, w -= "
+        "lr_t * weight_decay * w each step, of the weight matrices (never biases); lamb: "
+        "weight_decay * w inside its trust ratio; unset: the optimizer's default (0.004; lion, "
+        "lamb, adafactor, schedule_free_adamw 0).",
     )
     beta_1: float | None = setting(
         None,
-        "adam, adamw, lion, schedule_free_adamw: beta_1; unset: the optimizer's default (0.9).",
+        "adam, adamw, lion, nadamw, lamb, schedule_free_adamw: beta_1; unset: the optimizer's "
+        "default (0.9).",
     )
     beta_2: float | None = setting(
         None,
-        "adam, adamw, lion, schedule_free_adamw: beta_2; unset: the optimizer's default "
-        "(0.999; lion 0.99).",
+        "adam, adamw, lion, nadamw, lamb, schedule_free_adamw: beta_2; unset: the optimizer's "
+        "default (0.999; lion 0.99).",
     )
     momentum: float | None = setting(
         None, "momentum, muon: the momentum; unset: the optimizer's default (0.7; muon 0.95)."

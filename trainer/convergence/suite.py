@@ -39,7 +39,7 @@ import tensorflow as tf
 from trainer.common.tables import markdown_table
 from trainer.convergence import plots
 from trainer.convergence.settings import SETTINGS_FILE, SuiteSettings, check_logdir
-from trainer.optimizers import create
+from trainer.optimizers import OPTIMIZERS, create
 from trainer.reporting.tensorboard import MetricsWriter
 
 CONVERGED, EXCEEDED, EXPLODED = "converged", "exceeded", "exploded"
@@ -157,8 +157,9 @@ class ConvergenceSuite(tf.Module):
         self.lanes = []  # (optimizer, learning rate) of each element of the loop's vectors.
         self._groups = []  # (x, optimizer): up to _MAX_LANES runs of one optimizer.
         for name in optimizers:
-            for start in range(0, len(learning_rates), _MAX_LANES):
-                chunk = list(learning_rates[start : start + _MAX_LANES])
+            lanes = _MAX_LANES if OPTIMIZERS[name].elementwise else 1  # Else the lanes mix.
+            for start in range(0, len(learning_rates), lanes):
+                chunk = list(learning_rates[start : start + lanes])
                 x = tf.Variable(tf.zeros([len(chunk)]), name=f"x_{name}_{start}")
                 optimizer = create(
                     name,

@@ -1,6 +1,7 @@
 """The one place where optimizers meet `tf.distribute`.
 
-A subclass states only its state (`slot_names`) and its math (`update_step`). By default each
+A subclass states only its state (`slot_names`; `slot_shape` where a slot is not the
+variable's shape) and its math (`update_step`). By default each
 variable's `update_step` is compiled by XLA into one fused loop: one pass over the variable,
 its gradient and its slots, where op by op Adam makes 16 (they took about 40% of the trainer's
 step at batch 128). `xla_update=False` runs it op by op, rounding exactly as eager mode does,
@@ -114,6 +115,10 @@ class Optimizer(tf.Module):
 
     # Names of the per-variable state tensors `update_step` receives, in order.
     slot_names: tuple[str, ...] = ()
+    # Whether the rule moves each element of a vector by its own values alone; False where a
+    # norm or mean over the variable enters it (LAMB, Adafactor), so the convergence suite gives
+    # each of their runs a variable of its own.
+    elementwise: bool = True
 
     def __init_subclass__(cls, flag_name: str | None = None, **kwargs):
         """`class RMSprop(Optimizer, flag_name="rmsprop")` makes it `--optimizer=rmsprop`."""
@@ -214,7 +219,7 @@ class Optimizer(tf.Module):
                 self.slots.append(
                     [
                         tf.Variable(
-                            tf.zeros(var.shape, var.dtype),
+                            tf.zeros(self.slot_shape(var, slot), var.dtype),
                             trainable=False,
                             name=f"{slot_base_name(var)}_{slot}",
                         )
@@ -227,6 +232,11 @@ class Optimizer(tf.Module):
     def slot_names_for(self, var: tf.Variable) -> tuple[str, ...]:
         """The slots `var` keeps: `slot_names`, unless the rule depends on the variable."""
         return self.slot_names
+
+    def slot_shape(self, var: tf.Variable, slot: str) -> tf.TensorShape:
+        """The shape of `var`'s slot named `slot`: the variable's, unless the rule keeps a
+        summary of it (Adafactor's row and column accumulators)."""
+        return var.shape
 
     @property
     def steps_taken(self) -> tf.Tensor:
