@@ -14,6 +14,7 @@ from trainer.distribution import strategies
 TINY = TrainConfig(hidden_sizes=(32,), batch_size=1000, epochs=1, warmup_epochs=0.0)
 
 
+@pytest.mark.slow  # Trains a dozen short runs in this process.
 def test_the_section_sweeps_then_runs_seeds_at_the_best_rate(monkeypatch):
     trained = []
 

@@ -125,7 +125,7 @@ CASES = [
     ),
     BadInput(
         "trainer.train",
-        "--optimizer=schedule_free_adamw",
+        "--optimizer=schedule_free_adamw --lr_schedule=cosine",
         "trainer.train: error: --lr_schedule=cosine: --optimizer=schedule_free_adamw takes no "
         "decay: its average of the weights replaces it; use --lr_schedule=constant",
     ),
@@ -271,7 +271,7 @@ CASES = [
     BadInput(
         "trainer.convergence",
         "--optimizers=gd,sgd",
-        "flag --optimizers=['gd', 'sgd']: must be distinct names of: adam, adamw, gd, lion",
+        "flag --optimizers=['gd', 'sgd']: must be distinct names of: adafactor, adam, adamw",
     ),
     BadInput(
         "trainer.convergence",

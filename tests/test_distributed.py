@@ -53,7 +53,17 @@ def replica_copies(variable):
     return [v.numpy() for v in variable.values]
 
 
-@pytest.mark.parametrize("name", sorted(optimizers.OPTIMIZERS))
+def fast_for(fast, cases):
+    """`cases` as pytest params, each but `fast` marked slow: the edit-test loop (`make
+    test-fast`) checks one, the whole suite every one."""
+    return [
+        pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=marks)
+        for case in cases
+        for marks in [() if case == fast else pytest.mark.slow]
+    ]
+
+
+@pytest.mark.parametrize("name", fast_for("adam", sorted(optimizers.OPTIMIZERS)))
 def test_every_replica_copy_stays_identical_on_different_data(name, train_split):
     strategy = strategies.create_strategy("mirrored", cpu_replicas=2)
     model, optimizer, _ = run(strategy, name, train_split, steps=5)
@@ -84,8 +94,10 @@ def test_the_transforms_state_stays_identical_on_every_replica(train_split):
         np.testing.assert_array_equal(first, second, err_msg=variable.name)
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
-@pytest.mark.parametrize("name", ["gd", "momentum", "adam", "adamw"])
+@pytest.mark.parametrize(
+    "name, replicas",
+    fast_for(("adam", 2), [(n, r) for n in ["gd", "momentum", "adam", "adamw"] for r in [1, 2]]),
+)
 def test_accumulated_micro_batches_take_the_steps_of_the_whole_batch(name, replicas, train_split):
     # As Keras's and Optax's accumulation tests compare: K micro-batches of B / K, summed, and
     # one batch of B. With a schedule (warm-up and cosine over the 10 steps), which must see

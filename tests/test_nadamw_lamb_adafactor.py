@@ -227,6 +227,7 @@ def train_split():
     return mnist.load("bundled").train
 
 
+@pytest.mark.slow  # Builds and trains two train states of the trainer for each.
 @pytest.mark.parametrize("name", ["nadamw", "lamb", "adafactor"])
 def test_accumulated_clipped_steps_resume_bit_for_bit_on_2_replicas(name, train_split, tmp_path):
     # Each replica its own half of every batch; every step clipped. 4 micro-batches take the

@@ -102,6 +102,7 @@ def test_per_replica_sam_is_the_mean_of_each_halfs_own_sam_step(batches):
     assert not np.allclose(two[0], global_mode[0], rtol=1e-5, atol=1e-7)  # The modes differ.
 
 
+@pytest.mark.slow  # Trains the trainer's state twice, with and without micro-batches.
 def test_accumulated_micro_batches_take_the_sam_steps_of_the_whole_batch(batches):
     # Both passes are summed over every micro-batch before the perturbation and the update.
     strategy = strategies.create_strategy("mirrored", cpu_replicas=2)

@@ -318,6 +318,7 @@ def runs(train_split, tmp_path_factory):
     return start, state, straight, resumed, accumulated
 
 
+@pytest.mark.slow  # Reads the `runs` fixture: two train states built and trained.
 def test_the_trainer_keeps_x_in_a_second_model_that_it_validates_and_exports(runs):
     start, state, *_ = runs
     x = state.ema_model.trainable_variables
@@ -333,6 +334,7 @@ def test_the_trainer_keeps_x_in_a_second_model_that_it_validates_and_exports(run
     assert int(state._clipping().clipped_steps.numpy()) == 7  # 0.05 clips every step here.
 
 
+@pytest.mark.slow  # Reads the `runs` fixture: two train states built and trained.
 def test_a_resumed_run_goes_on_bit_for_bit(runs):
     *_, straight, resumed, _ = runs
     assert len(straight) == len(resumed) == 4 * 5 + 3  # y, x, z, v, x again; 3 counters.
@@ -340,6 +342,7 @@ def test_a_resumed_run_goes_on_bit_for_bit(runs):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # Reads the `runs` fixture: two train states built and trained.
 def test_clipping_and_accumulation_compose(runs):
     _, state, straight, _, accumulated = runs
     assert state.step == accumulated.step == 7
