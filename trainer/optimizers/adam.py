@@ -12,6 +12,14 @@ def check_betas(name: str, **betas: float) -> None:
             raise ValueError(f"{name}: {label} must be in [0, 1), got {beta!r}")
 
 
+def check_moments(name: str, beta_1: float, beta_2: float, epsilon: float) -> None:
+    """Raises ValueError unless the betas of Adam's two moments are in [0, 1) and epsilon is
+    positive: the settings every optimizer of Adam's family checks alike."""
+    check_betas(name, beta_1=beta_1, beta_2=beta_2)
+    if epsilon <= 0:
+        raise ValueError(f"{name}: epsilon must be positive, got {epsilon!r}")
+
+
 def adam_update(grad, var, learning_rate, m, v, step, beta_1, beta_2, epsilon, epsilon_hat):
     """One Adam step on `var` and its moments `m`, `v` (also Muon's rule for what it leaves to
     AdamW). `epsilon_hat`: epsilon is the paper's ε̂, added to sqrt(v) before the bias
@@ -59,9 +67,7 @@ class Adam(Optimizer, flag_name="adam"):
         **kwargs,
     ):
         super().__init__(learning_rate, name, **kwargs)  # xla_update, loss_scaling, transforms
-        check_betas(name, beta_1=beta_1, beta_2=beta_2)
-        if epsilon <= 0:
-            raise ValueError(f"{name}: epsilon must be positive, got {epsilon!r}")
+        check_moments(name, beta_1, beta_2, epsilon)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self.epsilon_hat = epsilon_hat
 

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from trainer.optimizers.adam import check_betas
+from trainer.optimizers.adam import check_moments
 from trainer.optimizers.base import LearningRate, Optimizer
 from trainer.optimizers.nadamw import bias_correction
 from trainer.optimizers.weight_decay import DecoupledWeightDecay, is_weight_matrix
@@ -48,9 +48,7 @@ class Lamb(Optimizer, flag_name="lamb"):
         transforms=(),
         **kwargs,
     ):
-        check_betas(name, beta_1=beta_1, beta_2=beta_2)
-        if epsilon <= 0:
-            raise ValueError(f"{name}: epsilon must be positive, got {epsilon!r}")
+        check_moments(name, beta_1, beta_2, epsilon)
         if not weight_decay >= 0:
             raise ValueError(f"{name}: weight_decay must be 0 or more, got {weight_decay!r}")
         if not decay_in_trust_ratio:

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from trainer.optimizers.adam import check_betas
+from trainer.optimizers.adam import check_moments
 from trainer.optimizers.base import LearningRate, Optimizer
 from trainer.optimizers.weight_decay import DecoupledWeightDecay, is_weight_matrix
 
@@ -61,9 +61,7 @@ class NAdamW(Optimizer, flag_name="nadamw"):
         transforms=(),
         **kwargs,
     ):
-        check_betas(name, beta_1=beta_1, beta_2=beta_2)
-        if epsilon <= 0:
-            raise ValueError(f"{name}: epsilon must be positive, got {epsilon!r}")
+        check_moments(name, beta_1, beta_2, epsilon)
         decay = DecoupledWeightDecay(weight_decay, decays, name=f"{name}_weight_decay")
         super().__init__(learning_rate, name, transforms=(decay, *transforms), **kwargs)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon

@@ -4,7 +4,7 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from trainer.optimizers.adam import check_betas
+from trainer.optimizers.adam import check_moments
 from trainer.optimizers.base import Optimizer
 from trainer.optimizers.weight_decay import is_weight_matrix
 
@@ -61,9 +61,7 @@ class ScheduleFreeAdamW(Optimizer, flag_name="schedule_free_adamw"):
                 "warmup_steps, and the average x replaces a decay"
             )
         super().__init__(learning_rate, name, **kwargs)  # xla_update, loss_scaling, transforms
-        check_betas(name, beta_1=beta_1, beta_2=beta_2)
-        if epsilon <= 0:
-            raise ValueError(f"{name}: epsilon must be positive, got {epsilon!r}")
+        check_moments(name, beta_1, beta_2, epsilon)
         if not weight_decay >= 0:
             raise ValueError(f"{name}: weight_decay must be 0 or more, got {weight_decay!r}")
         if warmup_steps < 0:
