@@ -31,6 +31,7 @@ from trainer.convergence.suite import (
     loss,
     run_and_report,
 )
+from trainer.optimizers import OPTIMIZERS, create
 
 # Marked slow (docs/testing.md): the suite against the notebook's eager loop, the bench, and the
 # outputs end to end. The references for AdamW and Lion below take some 6 s in all.
@@ -407,3 +408,25 @@ def test_adamw_and_lion_follow_keras():
         np.testing.assert_array_equal(
             results["lion", lr].path, expected["lion", lr].path, err_msg=f"lion@{lr:g}"
         )
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_each_optimizers_runs_are_its_own_steps_from_init_val(name):
+    # Whatever the optimizer keeps (zeros, or state that starts from x as Schedule-Free's z and
+    # x), a suite run is that optimizer stepped alone from init_val; and a second call, from
+    # another start, begins afresh.
+    learning_rates, iterations = (1e-3, 1e-1), 12
+    suite = ConvergenceSuite((name,), learning_rates)
+    for init_val in (2.0, -0.5):
+        results = suite(init_val, iterations)
+        for lr in learning_rates:
+            x = tf.Variable([init_val])
+            optimizer = create(
+                name, tf.constant([lr]), xla_update=False, **OPTIMIZER_SETTINGS.get(name, {})
+            )
+            path = []
+            for _ in range(iterations):
+                optimizer.apply_gradients([grad(loss, x)], [x])
+                path.append(float(x[0]))
+            run = results[(name, lr)]
+            np.testing.assert_array_equal(run.path, path[: len(run.path)], err_msg=(name, lr))

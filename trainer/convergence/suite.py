@@ -202,10 +202,11 @@ class ConvergenceSuite(tf.Module):
         """Returns each lane's state and final iteration, and x per iteration [iters, lanes]."""
         for x, optimizer in self._groups:
             x.assign(tf.fill(tf.shape(x), init_val))
-            # A fresh run starts from the state build() created, all zeros: the step count,
-            # the slots and whatever else the optimizer keeps.
+            # A fresh run starts from the state build() created: zeros (the step count, the
+            # slots and whatever else the optimizer keeps), then what starts from x itself.
             for state in optimizer.variables:
                 state.assign(tf.zeros_like(state))
+            optimizer.start_from([x])
 
         def keep_going(iteration, states, *_):
             return (iteration <= max_iters) & tf.reduce_any(states == _RUNNING)

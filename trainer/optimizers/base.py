@@ -228,6 +228,14 @@ class Optimizer(tf.Module):
                 )
             for transform in self.transforms:
                 transform.build(variables)
+        self.start_from(variables)
+
+    def start_from(self, variables: Sequence[tf.Variable]) -> None:
+        """Sets the state that starts from the variables' values rather than from zeros
+        (Schedule-Free's z and x): build() ends with it, and a caller that restarts the same
+        variables from new values (the convergence suite) zeroes the state and calls it again.
+        Nothing, unless the rule keeps such state."""
+        return None
 
     def slot_names_for(self, var: tf.Variable) -> tuple[str, ...]:
         """The slots `var` keeps: `slot_names`, unless the rule depends on the variable."""

@@ -77,11 +77,13 @@ class ScheduleFreeAdamW(Optimizer, flag_name="schedule_free_adamw"):
 
     def build(self, variables):
         super().build(variables)
+        # One sum per learning rate: a vector of rates (the convergence suite's runs, one a
+        # lane) keeps one for each.
+        zero = tf.zeros_like(self._warmed_up(tf.constant(1, tf.int64)))
         with self.name_scope:
             self.weight_sum, self.average_weight = (
                 tf.Variable(
-                    0.0,
-                    dtype=tf.float64,
+                    zero,
                     trainable=False,
                     name=name,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
@@ -97,7 +99,10 @@ class ScheduleFreeAdamW(Optimizer, flag_name="schedule_free_adamw"):
                 )
             # x lives in the variables given; the ones built for it are dropped unused.
             self.slots = [[z, v, x] for (z, v, _), x in zip(self.slots, self.averages)]
-        for var, (z, _, x) in zip(variables, self.slots):
+            self.start_from(variables)
+
+    def start_from(self, variables):
+        for var, (z, _, x) in zip(variables, self.slots):  # z_1 = x_1 = y_1.
             z.assign(var)
             x.assign(var)
 
@@ -106,7 +111,10 @@ class ScheduleFreeAdamW(Optimizer, flag_name="schedule_free_adamw"):
         return self._warmed_up(self.iterations + 1)
 
     def _warmed_up(self, step) -> tf.Tensor:
-        learning_rate = tf.constant(self.learning_rate, tf.float64)
+        if isinstance(self.learning_rate, (int, float)):  # In float64, as the reference.
+            learning_rate = tf.constant(self.learning_rate, tf.float64)
+        else:  # A tensor of rates (the convergence suite's lanes).
+            learning_rate = tf.cast(self.learning_rate, tf.float64)
         if not self.warmup_steps:
             return learning_rate
         fraction = tf.cast(step, tf.float64) / self.warmup_steps
