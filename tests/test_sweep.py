@@ -424,8 +424,9 @@ def status(sweep_dir) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def arrays(slurm, tmp_path_factory, space_file):
-    """On Slurm at once: the 2x2 grid and a 4-trial search, 2 runs at a time each, and a longer
-    run held after its first checkpoint, to be sent SIGTERM there. {name: (sweep_dir, job id)}."""
+    """On Slurm at once: the 2x2 grid and a 4-trial search, 2 runs at a time each, a longer run
+    held after its first checkpoint, to be sent SIGTERM there, and a run of 2 tasks.
+    {name: (sweep_dir, job id)}."""
     root = tmp_path_factory.mktemp("arrays")
     pause = Pause(root / "pause", 50)
     search = [f"--search={space_file}", "--trials=4", f"--search_seed={SEARCH_SEED}"]
@@ -441,6 +442,11 @@ def arrays(slurm, tmp_path_factory, space_file):
                 trainer_args=command_line(dataclasses.replace(TINY_CONFIG, epochs=3)),
                 env=pause.env(),
             ),
+        ),
+        # A run of 2 Slurm tasks: the array task is itself a multi-worker job.
+        "two_tasks": (
+            root / "two_tasks",
+            submit(slurm, root / "two_tasks", "--grid=seed=0", "--tasks_per_node=2"),
         ),
     }
     # The node's SIGTERM, straight to the held trainer, as Slurm sends it --signal_seconds
@@ -555,5 +561,22 @@ def test_a_task_preempted_by_sigterm_is_requeued_and_resumes(slurm, arrays):
     assert "SIGTERM: stopped at step 50" in log
     assert re.search(r"resumed from \S+/ckpt-50 at step 50", log), log
     assert json.loads((run_dir / RESULT_FILE).read_text())["steps"] == 150
+    code, stdout = status(sweep_dir)
+    assert code == 0 and [row[2] for row in table_rows(stdout)] == ["finished"], stdout
+
+
+def test_a_run_of_two_tasks_trains_as_one_multi_worker_job(arrays):
+    # --tasks_per_node applies to each array task: its 2 trainers are the workers of one job.
+    sweep_dir, job_id = arrays["two_tasks"]
+    run_dir = sweep_dir / "seed=0"
+    log = (run_dir / LOG_FILE).read_text()
+    # Each worker's line: "CollectiveAllReduceStrategy with 2 replica(s)", the second's
+    # "(worker 1)"; TensorFlow names MultiWorkerMirroredStrategy's class so.
+    assert len(re.findall(r"Strategy with 2 replica\(s\)", log)) == 2, log
+    assert "(worker 1)" in log
+    steps = 50_000 // TINY_CONFIG.batch_size
+    fingerprints = re.findall(rf"weights fingerprint at step {steps}: (\w+)", log)
+    assert len(fingerprints) == 2 and len(set(fingerprints)) == 1, log  # Both, the same.
+    assert json.loads((run_dir / RESULT_FILE).read_text())["steps"] == steps
     code, stdout = status(sweep_dir)
     assert code == 0 and [row[2] for row in table_rows(stdout)] == ["finished"], stdout
