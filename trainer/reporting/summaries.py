@@ -33,11 +33,30 @@ def misclassified_grid(
         return None
     columns = 4
     rows = -(-len(wrong) // columns)
+    # One image of all the digits, each tile with a blank strip above it for its title: one
+    # axes and 16 texts draw in a fraction of the time of 16 axes and a layout pass.
+    tiles = np.zeros((rows * columns, *images.shape[1:]), images.dtype)
+    tiles[: len(wrong)] = images[wrong]
+    height, width = images.shape[1:]
+    title_rows, margin = height // 3, 2
+    tiles = np.pad(tiles, ((0, 0), (title_rows, margin), (margin, margin)))
+    mosaic = (
+        tiles.reshape(rows, columns, *tiles.shape[1:])
+        .transpose(0, 2, 1, 3)
+        .reshape(rows * tiles.shape[1], columns * tiles.shape[2])
+    )
     figure = new_figure((2 * columns, 2.2 * rows))
+    ax = figure.add_axes((0, 0, 1, 1))
+    ax.imshow(mosaic, cmap="gray_r", aspect="auto", interpolation="nearest")
+    ax.axis("off")
     for place, index in enumerate(wrong):
-        ax = figure.add_subplot(rows, columns, place + 1)
-        ax.imshow(images[index], cmap="gray_r")
-        ax.set_title(f"predicted {predicted[index]}, true {labels[index]}", fontsize=9)
-        ax.axis("off")
-    figure.tight_layout()
+        row, column = divmod(place, columns)
+        figure.text(
+            (column + 0.5) / columns,
+            1 - (row + 0.05) / rows,
+            f"predicted {predicted[index]}, true {labels[index]}",
+            ha="center",
+            va="top",
+            fontsize=9,
+        )
     return pixels(figure)
