@@ -118,7 +118,7 @@ def test_sigterm_mid_run_requeues_the_job_and_it_resumes(slurm, jobs):
     job.pause.wait(timeout=JOB_SECONDS)
     # What Slurm does --signal_seconds before the time limit: SIGTERM to the job's steps.
     slurm.run("scancel", "--signal=TERM", job.id)
-    job.pause.release()
+    job.pause.release_once_signalled()
 
     state = slurm.wait_for_job(job.id, ENDED, JOB_SECONDS)
     output = job.output

@@ -226,7 +226,7 @@ def test_sigterm_preempts_the_runs_and_a_rerun_resumes_them(tmp_path):
     process = start_sweep(tmp_path, "--grid=seed=0", trainer_args=longer, env=pause.env())
     pause.wait(process)
     process.send_signal(signal.SIGTERM)
-    pause.release()
+    pause.release_once_signalled()
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stdout + stderr
     [[_, _, status]] = table_rows(stdout)
@@ -246,7 +246,7 @@ def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_sweep_exits_130(tmp_pat
     process = start_sweep(tmp_path, "--grid=seed=0,1", env=pause.env())
     pause.wait(process)
     process.send_signal(signal.SIGINT)
-    pause.release()
+    pause.release_once_signalled()
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stdout + stderr
     assert (

@@ -109,6 +109,16 @@ class Pause:
     def release(self) -> None:
         (self.directory / "release").touch()
 
+    def release_once_signalled(self, timeout: float = 120) -> None:
+        """Releases the held trainer once a stop signal has reached it: for a signal sent
+        through a launcher (a sweep, Slurm), which passes it on in its own time; a trainer
+        released before would train on past the step the test stops it at."""
+        deadline = time.monotonic() + timeout
+        while not (self.directory / "signalled").exists():
+            assert time.monotonic() < deadline, f"no stop signal reached {self} in {timeout} s"
+            time.sleep(0.05)
+        self.release()
+
     def __str__(self):
         at = "as its run starts" if self.step is None else f"after saving ckpt-{self.step}"
         return f"worker {self.task} {at}"

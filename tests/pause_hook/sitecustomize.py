@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
 import sys
 import time
 
@@ -27,11 +28,31 @@ def _task_index() -> int:
 
 
 def _hold(directory: pathlib.Path, step: int) -> None:
-    """Says it is held (the file `paused`), then waits until the test creates `release`."""
+    """Says it is held (the file `paused`), then waits until the test creates `release`.
+
+    A stop signal that reaches the process while held is noted in the file `signalled` (after
+    the trainer's own handler has taken it), so that a test whose signal goes through a
+    launcher can release the trainer only once the signal has arrived."""
+    noted = {}
+
+    def note_then_handle(signum, frame):
+        noted[signum](signum, frame)
+        (directory / "signalled").write_text(f"{signum}\n")
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            noted[signum] = handler
+            signal.signal(signum, note_then_handle)
     (directory / "paused.tmp").write_text(f"{os.getpid()} {step}\n")
     (directory / "paused.tmp").rename(directory / "paused")
-    while not (directory / "release").exists():
-        time.sleep(0.05)  # Signal handlers run between these sleeps, as at any step boundary.
+    try:
+        while not (directory / "release").exists():
+            time.sleep(0.05)  # Signal handlers run between these sleeps, as at any step boundary.
+    finally:
+        for signum, handler in noted.items():
+            if signal.getsignal(signum) is note_then_handle:  # Unless the trainer replaced it.
+                signal.signal(signum, handler)
 
 
 def _patch(module) -> None:
