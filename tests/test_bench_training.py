@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import optimizers
+from trainer.bench import keras_profile, step_profile
 from trainer.bench import training as bench_training
 from trainer.config import TrainConfig
 from trainer.distribution import strategies
@@ -217,3 +218,19 @@ def test_throughput_sets_ours_against_keras_best_of_every_feed_and_jit_compile(s
     assert results["b1000_ours_over_keras_default"] > 0
     others = timed - {best, bench_training.KERAS_DEFAULT}
     assert {name for name in others if f"b1000_ours_over_{name}" in results} == others
+
+
+def test_profile_keras_times_and_traces_ours_and_keras_xla_fit(small_sections):
+    results = keras_profile.keras_beside_ours(1000)
+    assert results["b1000_ours_xla_over_keras_xla"] > 0
+    groups = [group for group, _ in step_profile.GROUPS] + [step_profile.OTHER]
+    for name in ("ours_xla", "keras_xla"):
+        assert results[f"b1000_{name}_examples_per_s"] > 0
+        assert results[f"b1000_{name}_ms_per_step"] > 0
+        shares = [results[f"b1000_{name}_share_{group}"] for group in groups]
+        assert sum(shares) == pytest.approx(1.0)
+        # Both compile the step with XLA on any machine: its program is where the matmuls run.
+        assert results[f"b1000_{name}_share_xla_forward_backward"] > 0
+    # Keras's update is inside its one XLA program; ours is a compiled program per variable.
+    assert results["b1000_keras_xla_share_update"] == 0
+    assert results["b1000_ours_xla_share_update"] > 0
