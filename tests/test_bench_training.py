@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import optimizers
+from trainer.bench import keras_profile, step_profile
 from trainer.bench import training as bench_training
 from trainer.config import TrainConfig
 from trainer.distribution import strategies
@@ -85,6 +86,62 @@ def test_a_fixed_batch_loop_trains_as_many_examples_as_an_epoch(optimizer, monke
     assert float(yardstick.loop(tf.constant(1))) < first  # 51 steps on one batch fit it.
 
 
+def _keras_epoch(keras: bench_training.KerasTrainer) -> int:
+    """Steps one run() trains, from the optimizer's counter."""
+    before = int(keras.model.optimizer.iterations)
+    keras.run()
+    return int(keras.model.optimizer.iterations) - before
+
+
+@pytest.mark.parametrize("feed", ["numpy", "dataset"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_keras_peer_trains_an_epoch_with_each_feed_and_jit_compile(feed, jit_compile):
+    # steps_per_execution 7 does not divide the 50 steps: fit runs the remainder as well.
+    keras = bench_training.KerasTrainer(SMALL, 7, feed, jit_compile)
+    assert keras.steps_per_epoch == 50 and keras.work == 50_000
+    assert _keras_epoch(keras) == 50
+    assert keras.model.jit_compile is jit_compile
+    assert keras.test_accuracy() > 0.5
+
+
+def test_a_keras_peer_on_tf_data_reshuffles_every_epoch():
+    keras = bench_training.KerasTrainer(SMALL, 1, "dataset")
+    first, second = ([int(y) for _, y in keras.dataset.take(1).unbatch()] for _ in range(2))
+    assert sorted(first) != first and first != second
+
+
+def test_a_keras_peer_refuses_an_unknown_feed():
+    with pytest.raises(ValueError, match="feed must be one of"):
+        bench_training.KerasTrainer(SMALL, 1, "generator")
+
+
+def test_screening_keeps_keras_default_and_each_groups_fastest(monkeypatch):
+    # Fake rates: steps_per_execution 10 fastest without XLA, 1 with it.
+    monkeypatch.setattr(bench_training, "KERAS_STEPS_PER_EXECUTION", (1, 10))
+    monkeypatch.setattr(bench_training, "bench_config", lambda batch_size: SMALL)
+    speed = {(1, False): 1.0, (10, False): 2.0, (1, True): 4.0, (10, True): 3.0}
+
+    def measure(workloads, rounds, label):
+        assert rounds == 1 and len(workloads) == 8
+        return bench_training.Rates(
+            {
+                name: [speed[keras.steps_per_execution, keras.model.jit_compile]]
+                for name, keras in workloads.items()
+            }
+        )
+
+    monkeypatch.setattr(bench_training, "measure", measure)
+    chosen = bench_training.strongest_keras(1000)
+    assert set(chosen) == {
+        "keras_numpy_spe1",
+        "keras_numpy_spe10",
+        "keras_numpy_spe1_xla",
+        "keras_dataset_spe10",
+        "keras_dataset_spe1_xla",
+    }
+    assert chosen["keras_dataset_spe1_xla"].feed == "dataset"
+
+
 def _xla_compiled_functions(function) -> set[str]:
     """Names of the functions a tf.function's graph calls with XLA, at any depth."""
     library = function.get_concrete_function().graph.as_graph_def().library.function
@@ -117,7 +174,9 @@ def small_sections(monkeypatch):
     )
     measure = bench_training.measure
     monkeypatch.setattr(
-        bench_training, "measure", lambda workloads, label: measure(workloads, 1, label)
+        bench_training,
+        "measure",
+        lambda workloads, label, rounds=None: measure(workloads, 1, label),
     )
     bench_training.cached_trainer.cache_clear()  # Its trainers are the real, bigger model.
     yield bench_training
@@ -142,3 +201,36 @@ def test_throughput_sets_the_default_against_the_other_jit_compile(small_section
     assert results[f"b1000_ours_over_jit_compile_{other}"] > 0
     assert results["b1000_ours_examples_per_s"] > 0
     assert isinstance(results["goal_default_within_3%_of_other_jit_compile"], bool)
+
+
+def test_throughput_sets_ours_against_keras_best_of_every_feed_and_jit_compile(small_sections):
+    results = small_sections.throughput()
+    # With one steps_per_execution, each of the four feed and jit_compile pairs is timed.
+    timed = {
+        bench_training.keras_name(feed, 1, jit_compile)
+        for feed in ("numpy", "dataset")
+        for jit_compile in (False, True)
+    }
+    assert {name for name in timed if f"b1000_{name}_examples_per_s" in results} == timed
+    best = results["b1000_keras_best"]
+    assert best in timed and results["b1000_keras_best_spe"] == 1
+    assert results["b1000_ours_over_keras_best"] > 0
+    assert results["b1000_ours_over_keras_default"] > 0
+    others = timed - {best, bench_training.KERAS_DEFAULT}
+    assert {name for name in others if f"b1000_ours_over_{name}" in results} == others
+
+
+def test_profile_keras_times_and_traces_ours_and_keras_xla_fit(small_sections):
+    results = keras_profile.keras_beside_ours(1000)
+    assert results["b1000_ours_xla_over_keras_xla"] > 0
+    groups = [group for group, _ in step_profile.GROUPS] + [step_profile.OTHER]
+    for name in ("ours_xla", "keras_xla"):
+        assert results[f"b1000_{name}_examples_per_s"] > 0
+        assert results[f"b1000_{name}_ms_per_step"] > 0
+        shares = [results[f"b1000_{name}_share_{group}"] for group in groups]
+        assert sum(shares) == pytest.approx(1.0)
+        # Both compile the step with XLA on any machine: its program is where the matmuls run.
+        assert results[f"b1000_{name}_share_xla_forward_backward"] > 0
+    # Keras's update is inside its one XLA program; ours is a compiled program per variable.
+    assert results["b1000_keras_xla_share_update"] == 0
+    assert results["b1000_ours_xla_share_update"] > 0

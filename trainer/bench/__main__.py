@@ -3,6 +3,7 @@
     python -m trainer.bench                                   # every section
     python -m trainer.bench --sections=convergence --json=bench.json
     python -m trainer.bench --sections=throughput,distribution,ceiling,profile   # the quick ones
+    python -m trainer.bench --sections=profile_keras # ours and Keras's XLA fit, side by side
     python -m trainer.bench --sections=optimizers    # each optimizer's sweep and seeds: ~1 h
     python -m trainer.bench --sections=accumulation  # memory with --grad_accum_steps 1 and 8
     python -m trainer.bench --sections=sam           # Adam and Adam+SAM, clean and noisy labels
@@ -31,9 +32,9 @@ from absl import app, flags, logging
 
 from trainer.bench import accumulation as bench_accumulation
 from trainer.bench import convergence as bench_convergence
+from trainer.bench import keras_profile, step_profile
 from trainer.bench import optimizers as bench_optimizers
 from trainer.bench import precision as bench_precision
-from trainer.bench import step_profile
 from trainer.bench import training as bench_training
 from trainer.common import ctrl_c
 from trainer.common import machine as machine_description
@@ -48,6 +49,7 @@ SECTIONS = {
     "distribution": bench_training.distribution,
     "ceiling": bench_training.ceiling,
     "profile": step_profile.step_time_breakdown,
+    "profile_keras": keras_profile.keras_beside_ours,
     "time_to_accuracy": bench_training.time_to_accuracy,
     "precision_throughput": bench_precision.throughput,
     "precision_bfloat16": bench_precision.bfloat16,
