@@ -212,11 +212,14 @@ def build_train_state(
     config: TrainConfig,
     steps_per_epoch: int,
     optimizer: optimizers.Optimizer | None = None,
+    one_program: bool | None = None,
 ) -> TrainState:
     """Model, optimizer (config.optimizer, or the one given), metrics and compiled loops.
 
     Every variable, optimizer state included, is created under the strategy's scope, so each
-    is mirrored across its replicas.
+    is mirrored across its replicas. `one_program`: whether XLA compiles the whole step as one
+    program; by default wherever it can (steps.fits_one_program); False compiles it in pieces
+    as several replicas do, which the bench and the tests compare it with.
     """
     if config.precision == "mixed_float16" and all(
         "CPU" in device for device in strategy.extended.worker_devices
@@ -245,6 +248,8 @@ def build_train_state(
         train_metrics = ClassificationMetrics("train_metrics")
         eval_metrics = ClassificationMetrics("eval_metrics")
     xla = uses_xla(config.jit_compile)
+    if one_program is None:
+        one_program = fits_one_program(strategy, xla, config.xla_update)
     return TrainState(
         model=model,
         optimizer=optimizer,
@@ -261,7 +266,7 @@ def build_train_state(
                 config.grad_accum_steps,
                 config.sam_rho,
                 config.sam_mode,
-                one_program=fits_one_program(strategy, xla, config.xla_update),
+                one_program=one_program,
             ),
         ),
         eval_loop=compile_loop(strategy, make_eval_step(model, eval_metrics)),
