@@ -11,20 +11,11 @@ import pytest
 import tensorflow as tf
 
 from data import mnist
-from trainer.config import TrainConfig
+from tests.test_distributed import BATCH, CONFIG  # A small MLP at a constant learning rate.
 from trainer.distribution import strategies
 from trainer.step.state import build_train_state
 
-BATCH = 64
 STEPS = 4
-CONFIG = TrainConfig(
-    hidden_sizes=(32,),
-    seed=3,
-    learning_rate=1e-2,
-    lr_schedule="constant",
-    warmup_epochs=0.0,
-    batch_size=BATCH,
-)
 # What a step's compiled loop holds beside the step itself: the batch, the loop's counter.
 LOOP_OPS = {"IteratorGetNext", "AddV2", "Const", "Identity", "NoOp"}
 
@@ -34,14 +25,15 @@ def train_split():
     return mnist.load("bundled").train
 
 
-def built(strategy_name, replicas, **settings):
+def built(strategy_name, replicas, one_program=None, **settings):
     strategy = strategies.create_strategy(strategy_name, cpu_replicas=replicas)
     config = dataclasses.replace(CONFIG, **settings)
-    return strategy, build_train_state(strategy, config, steps_per_epoch=STEPS)
+    state = build_train_state(strategy, config, steps_per_epoch=STEPS, one_program=one_program)
+    return strategy, state
 
 
-def trained(train_split, strategy_name="one_device", replicas=1, **settings):
-    strategy, state = built(strategy_name, replicas, **settings)
+def trained(train_split, one_program=None, **settings):
+    strategy, state = built("one_device", 1, one_program, **settings)
     dataset = mnist.train_dataset(train_split, BATCH, seed=0)
     state.train(iter(strategy.experimental_distribute_dataset(dataset)), STEPS)
     return state
@@ -89,8 +81,11 @@ def test_one_replica_runs_each_step_as_one_xla_program(
     "settings",
     [
         {"optimizer": "adam"},
-        {"optimizer": "adamw", "clip_global_norm": 0.1, "ema_decay": 0.9},
-        # The slow tier: the rest of base.py's hooks, and the micro-batch loop and SAM's passes.
+        # The slow tier: transforms, the rest of base.py's hooks, the micro-batch loop, SAM.
+        pytest.param(
+            {"optimizer": "adamw", "clip_global_norm": 0.1, "ema_decay": 0.9},
+            marks=pytest.mark.slow,
+        ),
         pytest.param({"optimizer": "schedule_free_adamw"}, marks=pytest.mark.slow),
         pytest.param({"optimizer": "muon"}, marks=pytest.mark.slow),
         pytest.param(
@@ -100,19 +95,23 @@ def test_one_replica_runs_each_step_as_one_xla_program(
     ],
     ids=lambda settings: "-".join(str(v) for v in settings.values()),
 )
-def test_the_one_program_takes_the_steps_of_the_op_by_op_step(settings, train_split):
+def test_the_one_program_takes_the_steps_of_the_step_in_pieces_and_op_by_op(settings, train_split):
     one_program = trained(train_split, jit_compile="true", **settings)
-    op_by_op = trained(train_split, jit_compile="false", xla_update=False, **settings)
-    for state in (one_program, op_by_op):
+    others = [
+        trained(train_split, one_program=False, jit_compile="true", **settings),
+        trained(train_split, jit_compile="false", xla_update=False, **settings),
+    ]
+    for state in (one_program, *others):
         assert state.step == STEPS
         assert float(state.train_metrics.count.read_value()) == STEPS * BATCH
-    pairs = zip(one_program.optimizer.variables, op_by_op.optimizer.variables)
-    for a, b in [*zip(one_program.model.variables, op_by_op.model.variables), *pairs]:
-        # XLA fuses and reorders float32 arithmetic: equal up to rounding, not bit for bit.
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
-    assert one_program.train_metrics.result() == pytest.approx(
-        op_by_op.train_metrics.result(), rel=1e-5
-    )
+    for other in others:
+        pairs = zip(one_program.optimizer.variables, other.optimizer.variables)
+        for a, b in [*zip(one_program.model.variables, other.model.variables), *pairs]:
+            # XLA fuses and reorders float32 arithmetic: equal up to rounding, not bit for bit.
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
+        assert one_program.train_metrics.result() == pytest.approx(
+            other.train_metrics.result(), rel=1e-5
+        )
 
 
 def test_the_one_program_skips_a_float16_overflow_whole(train_split):
