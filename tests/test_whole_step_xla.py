@@ -108,7 +108,9 @@ def test_the_one_program_takes_the_steps_of_the_step_in_pieces_and_op_by_op(sett
         pairs = zip(one_program.optimizer.variables, other.optimizer.variables)
         for a, b in [*zip(one_program.model.variables, other.model.variables), *pairs]:
             # XLA fuses and reorders float32 arithmetic: equal up to rounding, not bit for bit.
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
+            # Where a gradient is near 0, Adam's m / sqrt(v) carries its rounding into a step
+            # of up to the learning rate (1e-2): 1e-5 is a thousandth of that.
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.name)
         assert one_program.train_metrics.result() == pytest.approx(
             other.train_metrics.result(), rel=1e-5
         )

@@ -6,10 +6,11 @@ Python out of the hot loop.
 
 How much of a step XLA compiles (`--jit_compile`, `--xla_update`) depends on the replicas:
 
-- one replica in sync (one device, or MirroredStrategy on one): the whole step is one XLA
-  program, as Keras's `jit_compile` fit has it: forward, backward, the micro-batch loop, SAM's
-  passes, the metrics' sums and the optimizer's whole update (base.py's own code path: the sum
-  across one replica is the identity, and its `merge_call` traces into the same program);
+- one replica in sync (one device, MirroredStrategy on one, a job of one worker): the whole
+  step is one XLA program, as Keras's `jit_compile` fit has it: forward, backward, the
+  micro-batch loop, SAM's passes, the metrics' sums and the optimizer's whole update (base.py's
+  own code path: the sum across one replica is the identity, and its `merge_call` traces into
+  the same program);
 - several: XLA compiles each replica's forward and backward pass, and the optimizer each
   variable's update; the all-reduce and `merge_call` between them run op by op, since on CPUs
   `tf.distribute` reduces through `merge_call`, which a nested compiled function may not hold,
@@ -105,7 +106,7 @@ def make_train_step(
     return train_step
 
 
-def fits_one_program(strategy: tf.distribute.Strategy, jit_compile: bool, xla_update: bool):
+def fits_one_program(strategy: tf.distribute.Strategy, jit_compile: bool, xla_update: bool) -> bool:
     """Whether XLA compiles the whole step into one program: with both `--jit_compile` and
     `--xla_update` (`--noxla_update` keeps the update out of XLA), on one replica in sync."""
     return jit_compile and xla_update and strategy.num_replicas_in_sync == 1
