@@ -209,10 +209,11 @@ class TrainConfig:
     )
     jit_compile: str = setting(
         "auto",
-        "Compile each replica's forward and backward pass with XLA, as Keras's jit_compile "
-        "does: true, false, or auto: chosen from the machine (XLA on GPUs and on CPUs without "
-        "oneDNN's fused kernels, such as AVX2-only ones; see docs/performance.md), logged, and "
-        "kept in flags.txt for a resumption.",
+        "Compile the step with XLA: on one replica the whole step as one program (forward, "
+        "backward and the optimizer's update, as Keras's jit_compile fit), on several each "
+        "replica's forward and backward pass; true, false, or auto: chosen from the machine "
+        "(XLA on GPUs and on CPUs without oneDNN's fused kernels, such as AVX2-only ones; see "
+        "docs/performance.md), logged, and kept in flags.txt for a resumption.",
         JIT_COMPILE_CHOICES,
     )
     nonfinite_retries: int = setting(

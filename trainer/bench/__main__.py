@@ -7,6 +7,7 @@
     python -m trainer.bench --sections=optimizers    # each optimizer's sweep and seeds: ~1 h
     python -m trainer.bench --sections=accumulation  # memory with --grad_accum_steps 1 and 8
     python -m trainer.bench --sections=sam           # Adam and Adam+SAM, clean and noisy labels
+    python -m trainer.bench --sections=one_program   # the step as one XLA program, or in pieces
 
 Each section is a function returning {measure: value}; add one to SECTIONS to extend the table.
 `memory` comes last so that its peak covers every section run before it. Stdout opens with the
@@ -33,6 +34,7 @@ from absl import app, flags, logging
 from trainer.bench import accumulation as bench_accumulation
 from trainer.bench import convergence as bench_convergence
 from trainer.bench import keras_profile, step_profile
+from trainer.bench import one_program as bench_one_program
 from trainer.bench import optimizers as bench_optimizers
 from trainer.bench import precision as bench_precision
 from trainer.bench import training as bench_training
@@ -50,6 +52,7 @@ SECTIONS = {
     "ceiling": bench_training.ceiling,
     "profile": step_profile.step_time_breakdown,
     "profile_keras": keras_profile.keras_beside_ours,
+    "one_program": bench_one_program.one_program,
     "time_to_accuracy": bench_training.time_to_accuracy,
     "precision_throughput": bench_precision.throughput,
     "precision_bfloat16": bench_precision.bfloat16,

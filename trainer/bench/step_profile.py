@@ -2,8 +2,11 @@
 
 `step_time_breakdown` traces one epoch of the trainer (after an untimed one, so tracing and
 XLA compilation stay out) and groups the host's op self time, as xprof's `framework_op_stats`
-tool reports it, into matmuls, the optimizer update, the forward and backward pass when XLA
-compiles it (`--jit_compile`), the gradient-norm reduction, the input pipeline and the rest.
+tool reports it, into the whole step when XLA compiles it as one program (`--jit_compile` on
+one replica), matmuls, the optimizer update, the forward and backward pass when XLA compiles
+them alone (`--jit_compile` on several replicas), the gradient-norm reduction, the input
+pipeline and the rest. Inside the one program the host trace sees no ops: its share is the
+whole step's compute, matmuls, gradient norm and update together.
 
 `framework_op_stats` counts only synchronous kernels. Asynchronous ones (the
 StatefulPartitionedCall that runs each variable's XLA-compiled update, IteratorGetNext) are in
@@ -31,13 +34,16 @@ TOP_OPS = 5
 
 # The function each variable's update compiles as (base.py): its XLA kernels are `XLA:<it>`.
 UPDATE_FUNCTION = Optimizer._rule_and_transforms.__name__
+# The function the whole step compiles as, on one replica (steps.py's make_train_step).
+STEP_FUNCTION = "train_step"
 
 # First match wins; a predicate sees (op type, op name) as the converter reports them.
 GROUPS = (
+    ("xla_whole_step", lambda kind, name: kind == f"XLA:{STEP_FUNCTION}"),
     # The optimizer's update: XLA-compiled per variable, or op by op (--noxla_update).
     ("update", lambda kind, name: kind == f"XLA:{UPDATE_FUNCTION}" or "update_step" in name),
-    # Any other XLA program is the forward and backward pass (--jit_compile): its matmuls run
-    # inside it, where the host trace does not break it down.
+    # Any other XLA program is the forward and backward pass (--jit_compile on several
+    # replicas): its matmuls run inside it, where the host trace does not break it down.
     ("xla_forward_backward", lambda kind, name: kind.startswith(("XLA:", "XlaLaunch", "_Xla"))),
     ("grad_norm", lambda kind, name: kind == "L2Loss" or "global_norm/" in name),
     ("matmul", lambda kind, name: "MatMul" in kind),  # MatMul, _MklMatMul, fused kinds.

@@ -5,8 +5,12 @@ variable's shape) and its math (`update_step`). By default each
 variable's `update_step` is compiled by XLA into one fused loop: one pass over the variable,
 its gradient and its slots, where op by op Adam makes 16 (they took about 40% of the trainer's
 step at batch 128). `xla_update=False` runs it op by op, rounding exactly as eager mode does,
-which the convergence suite needs. Everything a synchronous multi-replica update needs
-lives here, following the pattern `tf.distribute` documents and Keras uses:
+which the convergence suite needs. Where the train step is itself one XLA program (one replica
+in sync, `--jit_compile`: trainer/step/steps.py), this very code traces into it: the sum across
+one replica is the identity, `merge_call` runs in the same compiled function, and each
+variable's compiled update is part of the step's program. Everything a synchronous
+multi-replica update needs lives here, following the pattern `tf.distribute` documents and
+Keras uses:
 
 1. In replica context, sum the gradients across replicas (`all_reduce`).
 2. `merge_call` into cross-replica context.

@@ -1,5 +1,6 @@
-"""How the step fits the machine it runs on: whether XLA compiles the forward and backward pass
-(`--jit_compile=auto`), and whether bfloat16 pays.
+"""How the step fits the machine it runs on: whether XLA compiles the step (`--jit_compile=auto`:
+on one replica the whole step as one program, on several the forward and backward pass), and
+whether bfloat16 pays.
 
 The rule for XLA follows what `make bench` measured (docs/performance.md, "XLA or not"):
 
@@ -38,7 +39,7 @@ class MachineMismatch(OneLineError):
 
 
 def choose_jit_compile(machine: machine_description.Machine) -> tuple[bool, str]:
-    """(whether XLA compiles each replica's forward and backward pass, why), for `machine`."""
+    """(whether XLA compiles the step, why), for `machine`."""
     if machine.gpus:
         return True, f"a GPU ({machine.gpus[0]}): XLA fuses the step's many small kernels"
     if machine.onednn:
@@ -104,7 +105,7 @@ def fit_to_machine(config: TrainConfig, strategy: tf.distribute.Strategy) -> Tra
         xla, why = not xla, "the chief's choice, for the whole job"
     logging.info(
         "--jit_compile=auto: %s (%s)",
-        "XLA compiles forward and backward" if xla else "no XLA for forward and backward",
+        "XLA compiles the step" if xla else "no XLA for forward and backward",
         why,
     )
     return dataclasses.replace(config, jit_compile="true" if xla else "false")

@@ -20,7 +20,7 @@ from trainer.common.errors import OneLineError
 from trainer.config import ConfigError, TrainConfig
 from trainer.step.machine_fit import uses_xla
 from trainer.step.metrics import ClassificationMetrics
-from trainer.step.steps import compile_loop, make_eval_step, make_train_step
+from trainer.step.steps import compile_loop, fits_one_program, make_eval_step, make_train_step
 
 # What each --precision computes in; variables and optimizer state are float32 in all three.
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
@@ -212,11 +212,14 @@ def build_train_state(
     config: TrainConfig,
     steps_per_epoch: int,
     optimizer: optimizers.Optimizer | None = None,
+    one_program: bool | None = None,
 ) -> TrainState:
     """Model, optimizer (config.optimizer, or the one given), metrics and compiled loops.
 
     Every variable, optimizer state included, is created under the strategy's scope, so each
-    is mirrored across its replicas.
+    is mirrored across its replicas. `one_program`: whether XLA compiles the whole step as one
+    program; by default wherever it can (steps.fits_one_program); False compiles it in pieces
+    as several replicas do, which the bench and the tests compare it with.
     """
     if config.precision == "mixed_float16" and all(
         "CPU" in device for device in strategy.extended.worker_devices
@@ -244,6 +247,9 @@ def build_train_state(
         optimizer.build(model.trainable_variables)
         train_metrics = ClassificationMetrics("train_metrics")
         eval_metrics = ClassificationMetrics("eval_metrics")
+    xla = uses_xla(config.jit_compile)
+    if one_program is None:
+        one_program = fits_one_program(strategy, xla, config.xla_update)
     return TrainState(
         model=model,
         optimizer=optimizer,
@@ -256,10 +262,11 @@ def build_train_state(
                 optimizer,
                 train_metrics,
                 config.batch_size,
-                uses_xla(config.jit_compile),
+                xla,
                 config.grad_accum_steps,
                 config.sam_rho,
                 config.sam_mode,
+                one_program=one_program,
             ),
         ),
         eval_loop=compile_loop(strategy, make_eval_step(model, eval_metrics)),

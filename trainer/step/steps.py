@@ -3,6 +3,18 @@
 `compile_loop` turns a per-replica step into a `tf.function` of (iterator, num_steps).
 `num_steps` is a tensor, so any count reuses one trace; running many steps per call keeps
 Python out of the hot loop.
+
+How much of a step XLA compiles (`--jit_compile`, `--xla_update`) depends on the replicas:
+
+- one replica in sync (one device, MirroredStrategy on one, a job of one worker): the whole
+  step is one XLA program, as Keras's `jit_compile` fit has it: forward, backward, the
+  micro-batch loop, SAM's passes, the metrics' sums and the optimizer's whole update (base.py's
+  own code path: the sum across one replica is the identity, and its `merge_call` traces into
+  the same program);
+- several: XLA compiles each replica's forward and backward pass, and the optimizer each
+  variable's update; the all-reduce and `merge_call` between them run op by op, since on CPUs
+  `tf.distribute` reduces through `merge_call`, which a nested compiled function may not hold,
+  and XLA compiles no program over the variables' copies on several devices.
 """
 
 import tensorflow as tf
@@ -25,12 +37,14 @@ def make_train_step(
     accumulation_steps: int = 1,
     sam_rho: float = 0.0,
     sam_mode: str = "global",
+    one_program: bool = False,
 ):
     """Returns train_step(images, labels): one synchronous update, run on every replica.
 
-    With `jit_compile`, XLA compiles the replica's forward and backward pass into one program,
-    as Keras's `jit_compile` does; the sum across replicas and the update stay outside it (the
-    optimizer compiles its update by itself).
+    With `jit_compile`, XLA compiles the replica's forward and backward pass into one program;
+    the sum across replicas and the update stay outside it (the optimizer compiles its update
+    by itself). With `one_program` as well (see `fits_one_program`), XLA compiles the whole
+    step into one program instead, the optimizer's update and the metrics' sums included.
 
     With `accumulation_steps` K > 1, each replica splits its batch into K micro-batches and
     sums their gradients one micro-batch at a time (a loop-carried sum in the replica, so only
@@ -52,7 +66,7 @@ def make_train_step(
             loss = optimizer.scale_loss(loss)  # Times the loss scale, with loss scaling.
         return tape.gradient(loss, model.trainable_variables), logits, losses
 
-    if jit_compile:
+    if jit_compile and not one_program:
         gradients = tf.function(gradients, jit_compile=True)  # Not the metrics' update.
 
     def micro_batch_gradients(images, labels, offsets, measured):
@@ -87,7 +101,15 @@ def make_train_step(
             grads = batch_gradients(images, labels)
         optimizer.apply_gradients(grads, model.trainable_variables)
 
+    if one_program:
+        return tf.function(train_step, jit_compile=True)
     return train_step
+
+
+def fits_one_program(strategy: tf.distribute.Strategy, jit_compile: bool, xla_update: bool) -> bool:
+    """Whether XLA compiles the whole step into one program: with both `--jit_compile` and
+    `--xla_update` (`--noxla_update` keeps the update out of XLA), on one replica in sync."""
+    return jit_compile and xla_update and strategy.num_replicas_in_sync == 1
 
 
 def make_eval_step(model: tf.Module, metrics: ClassificationMetrics):
