@@ -7,6 +7,7 @@ import math
 import pytest
 
 from launch.sweep_plan import plan_sweep
+from tests.toolkit import run_module
 from trainer.bench import time_to_target
 from trainer.bench.time_to_target import Run
 from trainer.choices import OPTIMIZERS
@@ -145,3 +146,19 @@ def test_the_section_tunes_then_seeds_and_reports_every_row(tmp_path, monkeypatc
         assert 0.5 < low <= mean <= high < 0.999
     assert results["performance_profile_plot"] == str(plot)
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow  # Starts the bench.
+def test_an_unknown_optimizer_is_refused_in_one_line(tmp_path):
+    result = run_module(
+        "trainer.bench",
+        "--sections=time_to_target",
+        "--time_to_target_optimizers=adam,sgd",
+        f"--time_to_target_plot={tmp_path / 'profile.png'}",
+    )
+    assert result.returncode == 1
+    # absl's flag error, then its line pointing at --helpfull.
+    error = result.stderr.strip().splitlines()[-2]
+    assert error.startswith("FATAL Flags parsing error: flag --time_to_target_optimizers=")
+    assert "must name optimizers of: adafactor, adam, adamw" in error
+    assert list(tmp_path.iterdir()) == []

@@ -223,8 +223,11 @@ def plot_profiles(times_by_measure: dict[str, dict], path: str) -> None:
         ]
         top = max([1.0, *ratios]) * 1.1
         taus = [1 + (top - 1) * i / 200 for i in range(201)]
-        for name, fractions in performance_profile(times, taus).items():
-            axis.step(taus, fractions, where="post", label=name)
+        styles = ("-", "--", ":", "-.")
+        for i, (name, fractions) in enumerate(performance_profile(times, taus).items()):
+            # Profiles often coincide: thinner lines and other dashes on top keep each visible.
+            width, style = 4.5 - 0.6 * i, styles[i % len(styles)]
+            axis.step(taus, fractions, where="post", label=name, linewidth=width, linestyle=style)
         axis.set(
             xlabel=f"tau: {measure} to the target over the fastest optimizer's",
             ylabel="fraction of targets reached",
