@@ -8,6 +8,8 @@
     python -m trainer.bench --sections=accumulation  # memory with --grad_accum_steps 1 and 8
     python -m trainer.bench --sections=sam           # Adam and Adam+SAM, clean and noisy labels
     python -m trainer.bench --sections=one_program   # the step as one XLA program, or in pieces
+    python -m trainer.bench --sections=time_to_target --time_to_target_optimizers=adam,nadamw
+                                                     # AlgoPerf's tuning and targets: ~6 min each
 
 Each section is a function returning {measure: value}; add one to SECTIONS to extend the table.
 `memory` comes last so that its peak covers every section run before it. Stdout opens with the
@@ -37,7 +39,9 @@ from trainer.bench import keras_profile, step_profile
 from trainer.bench import one_program as bench_one_program
 from trainer.bench import optimizers as bench_optimizers
 from trainer.bench import precision as bench_precision
+from trainer.bench import time_to_target as bench_time_to_target
 from trainer.bench import training as bench_training
+from trainer.choices import OPTIMIZERS
 from trainer.common import ctrl_c
 from trainer.common import machine as machine_description
 from trainer.common.exiting import exit_promptly
@@ -62,10 +66,24 @@ SECTIONS = {
     "optimizers": bench_optimizers.optimizers,
     "sam": bench_optimizers.sam,
     "accumulation": bench_accumulation.memory_and_speed,
+    # Flags are read when the section runs, after absl has parsed them.
+    "time_to_target": lambda: bench_time_to_target.time_to_target(
+        FLAGS.time_to_target_optimizers, FLAGS.time_to_target_plot
+    ),
     "memory": bench_training.memory,
 }
 
 flags.DEFINE_list("sections", list(SECTIONS), f"Sections to run, of: {', '.join(SECTIONS)}.")
+flags.DEFINE_list(
+    "time_to_target_optimizers",
+    list(OPTIMIZERS),
+    "Section time_to_target: the optimizers to tune and time, of: " + ", ".join(OPTIMIZERS),
+)
+flags.DEFINE_string(
+    "time_to_target_plot",
+    "time_to_target.png",
+    "Section time_to_target: the PNG to draw the performance profile to; empty: none.",
+)
 flags.DEFINE_string(
     "json", None, "If set, also write the machine and the measurements to this new JSON file."
 )
@@ -76,6 +94,11 @@ flags.register_validator(
     "sections",
     lambda names: bool(names) and set(names) <= set(SECTIONS),
     f"must name sections of: {', '.join(SECTIONS)}",
+)
+flags.register_validator(
+    "time_to_target_optimizers",
+    lambda names: bool(names) and set(names) <= set(OPTIMIZERS),
+    f"must name optimizers of: {', '.join(OPTIMIZERS)}",
 )
 flags.register_validator(
     "json",
