@@ -53,6 +53,7 @@ def test_the_section_sweeps_then_runs_seeds_at_the_best_rate(monkeypatch):
     assert not any(key.startswith("fastest") for key in results)
 
 
+@pytest.mark.slow  # Trains an epoch of the bench's trainer.
 def test_our_trainer_scores_the_averaged_weights_with_an_ema():
     # Decay 0.99 over 50 steps: the averages are still mostly the initial weights.
     config = dataclasses.replace(TINY, ema_decay=0.99)

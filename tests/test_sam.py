@@ -83,6 +83,7 @@ def test_global_sam_on_two_replicas_is_sam_of_the_whole_batch_on_one_device(batc
     assert not np.allclose(plain[0], one[0], rtol=1e-4, atol=1e-6)  # SAM did something.
 
 
+@pytest.mark.slow  # Trains on 2 replicas for seconds; global SAM on 2 keeps the path fast.
 def test_per_replica_sam_is_the_mean_of_each_halfs_own_sam_step(batches):
     # With gradient descent, one step moves w by -lr times the applied gradient: on 2 replicas,
     # the mean of each replica's SAM gradient on its half; on one device, each half's alone.

@@ -143,6 +143,7 @@ def test_the_tests_over_every_optimizer_pass_for_it(run, tmp_path, train_split):
     run(tmp_path, train_split)
 
 
+@pytest.mark.slow  # Seconds of training; the page's code runs in the fast tier elsewhere.
 def test_it_trains_on_two_replicas_and_loss_scaling_takes_the_same_steps(train_split):
     # Each replica sees its own half of every batch; the loss scale, 2^15, is a power of two,
     # so scaled and unscaled float32 gradients are the same numbers.
