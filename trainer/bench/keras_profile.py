@@ -8,8 +8,8 @@ off (an AVX2-only CPU, or `TF_ENABLE_ONEDNN_OPTS=0`), ours is what `--jit_compil
 
 The traces are read by step_profile's `step_time_breakdown`: the same groups for both, so a
 share of Keras's time that lands in `xla_forward_backward` is its one XLA program (forward,
-backward and Adam's update together), where ours splits the step into a forward and backward
-program, one compiled update per variable and the ops between them.
+backward and Adam's update together); ours, on the one device these run on, is one program too,
+its group `xla_whole_step` (trainer/step/steps.py).
 """
 
 from trainer.bench import step_profile
